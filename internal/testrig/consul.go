@@ -2,6 +2,7 @@ package testrig
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -54,7 +55,15 @@ func (c *Consul) ready(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if code != 200 || !strings.Contains(string(body), `"Status":"passing"`) {
+	var checks []struct{ CheckID, Status string }
+	if code != 200 || json.Unmarshal(body, &checks) != nil {
+		return fmt.Errorf("node %s: %d %s", c.NodeName, code, body)
+	}
+	healthy := false
+	for _, ch := range checks {
+		healthy = healthy || (ch.CheckID == "serfHealth" && ch.Status == "passing")
+	}
+	if !healthy {
 		return fmt.Errorf("node %s not healthy yet: %s", c.NodeName, body)
 	}
 	return nil
