@@ -72,3 +72,19 @@ func TestMariaDBSmoke(t *testing.T) {
 		t.Fatal("mariadb still answers after Stop")
 	}
 }
+
+func TestConsulClusterSmoke(t *testing.T) {
+	agents := StartConsulCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	code, body, err := httpGet(ctx, agents[0].URL()+"/v1/status/peers")
+	if err != nil || code != 200 || strings.Count(string(body), ":") != 3 {
+		t.Fatalf("peers: %d %v %s", code, err, body)
+	}
+	// The cluster keeps a leader with one agent frozen.
+	agents[2].Freeze()
+	defer agents[2].Thaw()
+	if err := agents[0].waitReady(agents[0].ready); err != nil {
+		t.Fatalf("after freezing one agent: %v", err)
+	}
+}
