@@ -1,0 +1,63 @@
+package process
+
+import (
+	"fmt"
+	"os/user"
+	"strconv"
+	"strings"
+)
+
+// User is a resolved user to run a process as.
+type User struct {
+	Name   string // "" when given numerically and not in /etc/passwd
+	Uid    uint32
+	Gid    uint32
+	Groups []uint32 // supplementary groups
+	Home   string
+}
+
+// LookupUser resolves "name", "uid", "name:group" or "uid:gid" through
+// /etc/passwd and /etc/group. Numeric ids need not exist there; a name
+// must. Supplementary groups are the user's groups from /etc/group.
+func LookupUser(spec string) (*User, error) {
+	name, group, hasGroup := strings.Cut(spec, ":")
+	u := &User{}
+	if id, err := strconv.ParseUint(name, 10, 32); err == nil {
+		u.Uid, u.Gid = uint32(id), uint32(id)
+		if pw, err := user.LookupId(name); err == nil {
+			fill(u, pw)
+		}
+	} else {
+		pw, err := user.Lookup(name)
+		if err != nil {
+			return nil, fmt.Errorf("user %q: not found in /etc/passwd", name)
+		}
+		fill(u, pw)
+	}
+	if hasGroup {
+		if id, err := strconv.ParseUint(group, 10, 32); err == nil {
+			u.Gid = uint32(id)
+		} else {
+			g, err := user.LookupGroup(group)
+			if err != nil {
+				return nil, fmt.Errorf("group %q: not found in /etc/group", group)
+			}
+			gid, _ := strconv.ParseUint(g.Gid, 10, 32)
+			u.Gid = uint32(gid)
+		}
+	}
+	return u, nil
+}
+
+func fill(u *User, pw *user.User) {
+	uid, _ := strconv.ParseUint(pw.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(pw.Gid, 10, 32)
+	u.Name, u.Uid, u.Gid, u.Home = pw.Username, uint32(uid), uint32(gid), pw.HomeDir
+	if ids, err := pw.GroupIds(); err == nil {
+		for _, s := range ids {
+			if g, err := strconv.ParseUint(s, 10, 32); err == nil {
+				u.Groups = append(u.Groups, uint32(g))
+			}
+		}
+	}
+}

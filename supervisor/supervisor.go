@@ -1,0 +1,273 @@
+// Package supervisor is lifeboat's run lifecycle: load, connect, elect,
+// restore, render, start, serve, shutdown. It joins the parts (process,
+// snapshot, trigger, control, ...) and owns the order in which they act;
+// the parts know nothing of each other or of this package.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/lifeboat/lifeboat/supervisor/config"
+	"github.com/lifeboat/lifeboat/supervisor/process"
+	"golang.org/x/sys/unix"
+)
+
+// Exit statuses of lifeboat's own failures (the app's status is passed
+// through otherwise).
+const (
+	ExitFailure = 1 // restore failed, a hook that must succeed failed, ...
+	ExitUsage   = 2 // usage or config error
+)
+
+// Phase names, in lifecycle order.
+const (
+	PhaseLoad     = "load"
+	PhaseConnect  = "connect"
+	PhaseElect    = "elect"
+	PhaseRestore  = "restore"
+	PhaseRender   = "render"
+	PhaseStart    = "start"
+	PhaseServe    = "serve"
+	PhaseShutdown = "shutdown"
+)
+
+// Options configure a Supervisor.
+type Options struct {
+	Config *config.Config
+	Logger *slog.Logger
+	// LoadDuration is how long loading the config took, so the load phase
+	// is reported like the others.
+	LoadDuration time.Duration
+	Version      string
+}
+
+// Supervisor runs one app through the lifecycle.
+type Supervisor struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	version string
+
+	reaper *process.Reaper
+	app    *process.App
+
+	// shutdownCh is closed when lifeboat is asked to stop (SIGTERM/SIGINT)
+	// or the app has ended for good.
+	shutdownCh   chan struct{}
+	shutdownOnce sync.Once
+
+	mu      sync.Mutex
+	started time.Time
+	phase   string
+	phases  []PhaseRecord
+	exit    *process.Exit
+}
+
+// PhaseRecord is one finished (or failed) phase.
+type PhaseRecord struct {
+	Name     string        `json:"name"`
+	Duration time.Duration `json:"duration_ns"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// New prepares a supervisor; Run runs it.
+func New(opts Options) *Supervisor {
+	s := &Supervisor{
+		cfg:        opts.Config,
+		log:        opts.Logger,
+		version:    opts.Version,
+		shutdownCh: make(chan struct{}),
+		started:    time.Now(),
+	}
+	s.record(PhaseLoad, opts.LoadDuration, nil)
+	return s
+}
+
+// phaseStart marks the start of a phase and returns the function that logs
+// its end with the duration.
+func (s *Supervisor) phaseStart(name string) func(error) {
+	s.mu.Lock()
+	s.phase = name
+	s.mu.Unlock()
+	t0 := time.Now()
+	return func(err error) { s.record(name, time.Since(t0), err) }
+}
+
+func (s *Supervisor) record(name string, d time.Duration, err error) {
+	rec := PhaseRecord{Name: name, Duration: d}
+	if err != nil {
+		rec.Error = err.Error()
+		s.log.Error("phase failed", "phase", name, "duration", d.Round(time.Microsecond).String(), "error", err)
+	} else {
+		s.log.Info("phase done", "phase", name, "duration", d.Round(time.Microsecond).String())
+	}
+	s.mu.Lock()
+	s.phases = append(s.phases, rec)
+	s.mu.Unlock()
+}
+
+// Run runs the whole lifecycle and returns lifeboat's exit status: the
+// app's own, 128+N when it died of signal N, 127/126 when it could not be
+// started, 1 for lifeboat's own failures.
+func (s *Supervisor) Run(ctx context.Context) int {
+	signals, stopSignals := process.CatchSignals()
+	defer stopSignals()
+	s.reaper = process.NewReaper(s.log)
+	defer s.reaper.Close()
+	if err := process.SetSubreaper(); err != nil {
+		s.log.Warn("cannot become a subreaper; orphans of the app will not be reaped here", "error", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// Until the app runs, SIGTERM/SIGINT abort whatever phase is under way.
+	preStart := make(chan struct{})
+	var received unix.Signal
+	go func() {
+		for {
+			select {
+			case sig := <-signals:
+				if sig == unix.SIGTERM || sig == unix.SIGINT {
+					received = sig.(unix.Signal)
+					s.log.Warn("stop requested before the app started", "signal", sig.String())
+					s.requestShutdown()
+					cancel()
+					return
+				}
+			case <-preStart:
+				return
+			}
+		}
+	}()
+
+	status, ok := s.prepare(ctx)
+	close(preStart)
+	if !ok {
+		if received != 0 {
+			return 128 + int(received)
+		}
+		return status
+	}
+	if received != 0 {
+		return 128 + int(received)
+	}
+
+	exit, err := s.startAndServe(ctx, signals)
+	done := s.phaseStart(PhaseShutdown)
+	s.shutdown(exit, err)
+	done(nil)
+	if err != nil {
+		var se *process.StartError
+		if errors.As(err, &se) {
+			return se.Status
+		}
+		return ExitFailure
+	}
+	return exit.Status()
+}
+
+// prepare runs the phases before the app starts. It returns false and
+// the exit status when lifeboat must not start the app.
+func (s *Supervisor) prepare(ctx context.Context) (int, bool) {
+	return 0, true
+}
+
+// startAndServe starts the app and serves until it has ended for good.
+func (s *Supervisor) startAndServe(ctx context.Context, signals <-chan os.Signal) (process.Exit, error) {
+	done := s.phaseStart(PhaseStart)
+	spec, err := s.appSpec()
+	if err != nil {
+		done(err)
+		return process.Exit{}, err
+	}
+	s.app = process.NewApp(spec, s.reaper, s.log)
+	type result struct {
+		exit process.Exit
+		err  error
+	}
+	ended := make(chan result, 1)
+	go func() {
+		exit, err := s.app.Run(ctx)
+		ended <- result{exit, err}
+	}()
+	// The start phase ends when the app is running (or failed to start).
+	select {
+	case <-s.app.Started():
+		done(nil)
+	case r := <-ended:
+		done(r.err)
+		return r.exit, r.err
+	}
+
+	serveDone := s.phaseStart(PhaseServe)
+	defer func() { serveDone(nil) }()
+	for {
+		select {
+		case sig := <-signals:
+			s.handleSignal(sig.(unix.Signal))
+		case r := <-ended:
+			s.requestShutdown()
+			s.mu.Lock()
+			s.exit = &r.exit
+			s.mu.Unlock()
+			if r.err != nil {
+				s.log.Error("app could not be started", "error", r.err)
+			} else {
+				s.log.Info("app ended", "exit", r.exit.String(), "restarts", s.app.Restarts())
+			}
+			return r.exit, r.err
+		}
+	}
+}
+
+// handleSignal decides what a signal to lifeboat means while the app runs.
+func (s *Supervisor) handleSignal(sig unix.Signal) {
+	switch sig {
+	case unix.SIGTERM, unix.SIGINT:
+		s.requestShutdown()
+		s.app.Stop(sig)
+	default:
+		if err := s.app.Signal(sig); err != nil {
+			s.log.Debug("signal not forwarded", "signal", unix.SignalName(sig), "error", err)
+		}
+	}
+}
+
+func (s *Supervisor) requestShutdown() {
+	s.shutdownOnce.Do(func() { close(s.shutdownCh) })
+}
+
+// shutdown runs after the app has ended for good.
+func (s *Supervisor) shutdown(exit process.Exit, startErr error) {}
+
+// appSpec maps the config's app block to a process spec.
+func (s *Supervisor) appSpec() (process.Spec, error) {
+	a := s.cfg.App
+	spec := process.Spec{
+		Command:        a.Command,
+		Dir:            a.Workdir,
+		User:           a.User,
+		SignalGroup:    a.SignalGroup,
+		StopTimeout:    config.Dur(a.StopTimeout),
+		RestartPolicy:  a.Restart.Policy,
+		MaxRestarts:    *a.Restart.MaxRestarts,
+		BackoffInitial: config.Dur(a.Restart.BackoffInitial),
+		BackoffMax:     config.Dur(a.Restart.BackoffMax),
+	}
+	if a.StopSignal != "" {
+		sig, err := config.ParseSignal(a.StopSignal)
+		if err != nil {
+			return spec, err
+		}
+		spec.StopSignal = sig
+	}
+	for k, v := range a.Env {
+		spec.Env = append(spec.Env, k+"="+v)
+	}
+	return spec, nil
+}
