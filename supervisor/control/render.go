@@ -21,7 +21,11 @@ func FormatStatus(w io.Writer, raw []byte) error {
 		return fmt.Errorf("status is not valid JSON: %w", err)
 	}
 	var buf bytes.Buffer
-	renderValue(&buf, "", v, 0)
+	if _, ok := v.(*object); ok {
+		renderValue(&buf, "", v, 0)
+	} else {
+		renderValue(&buf, "status", v, 0)
+	}
 	_, err = w.Write(buf.Bytes())
 	return err
 }
@@ -90,11 +94,7 @@ func renderValue(buf *bytes.Buffer, key string, v any, depth int) {
 			renderTable(buf, rows, depth+1)
 			return
 		}
-		parts := make([]string, len(t))
-		for i, x := range t {
-			parts[i] = scalar(x)
-		}
-		fmt.Fprintf(buf, "%s%s: %s\n", ind, key, strings.Join(parts, ", "))
+		fmt.Fprintf(buf, "%s%s: %s\n", ind, key, scalarList(t))
 	default:
 		fmt.Fprintf(buf, "%s%s: %s\n", ind, key, scalar(v))
 	}
@@ -118,11 +118,7 @@ func renderObject(buf *bytes.Buffer, o *object, depth int) {
 				renderValue(buf, k, t, depth)
 				continue
 			}
-			parts := make([]string, len(t))
-			for i, x := range t {
-				parts[i] = scalar(x)
-			}
-			fmt.Fprintf(tw, "%s%s:\t%s\n", ind, k, strings.Join(parts, ", "))
+			fmt.Fprintf(tw, "%s%s:\t%s\n", ind, k, scalarList(t))
 		default:
 			fmt.Fprintf(tw, "%s%s:\t%s\n", ind, k, scalar(v))
 		}
@@ -176,8 +172,24 @@ func renderTable(buf *bytes.Buffer, rows []*object, depth int) {
 	tw.Flush()
 }
 
+// scalarList renders a list that is not a table on one line.
+func scalarList(a []any) string {
+	if len(a) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(a))
+	for i, x := range a {
+		parts[i] = scalar(x)
+	}
+	return strings.Join(parts, ", ")
+}
+
 func scalar(v any) string {
 	switch t := v.(type) {
+	case []any:
+		if len(t) == 0 {
+			return "-"
+		}
 	case nil:
 		return "-"
 	case string:
