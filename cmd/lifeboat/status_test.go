@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -215,5 +216,24 @@ func TestCLINotifyErrors(t *testing.T) {
 		if r := cliRun(t, env, args...); r.code != 2 {
 			t.Errorf("%v: exit %d, want 2 (usage)", args, r.code)
 		}
+	}
+}
+
+func TestCLISocketIsOwnerOnly(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the client as another user")
+	}
+	s := cliServer(t, &cliSupervisor{})
+	// Let others reach the directory, so only the socket's own mode decides.
+	os.Chmod(filepath.Dir(s.Path()), 0o755)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testrig.BuildLifeboat(t), "status", "--socket", s.Path())
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "permission denied; it is mode 0600") {
+		t.Fatalf("as nobody: %v: %s", err, out)
 	}
 }
