@@ -541,3 +541,32 @@ func TestSearchFallsBack(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// BenchmarkStatus measures one status round trip over the unix socket
+// (keep-alive connection, small JSON).
+func BenchmarkStatus(b *testing.B) {
+	dir, err := os.MkdirTemp("", "lbb")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	s, err := New(Options{Socket: filepath.Join(dir, "lb.sock"), Status: func(context.Context) (any, error) {
+		return testStatus{Phase: "serve", Version: "1.2.3", AppPID: 42}, nil
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	c, err := Dial(s.Path())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Status(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
