@@ -355,7 +355,9 @@ func TestCloseCancelsWaitersAfterDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	t0 := time.Now()
-	s.Close(ctx)
+	if err := s.Close(ctx); err == nil || !strings.Contains(err.Error(), "cut off") {
+		t.Errorf("Close with a stuck waiter: %v", err)
+	}
 	if d := time.Since(t0); d > 3*time.Second {
 		t.Fatalf("Close took %v with a stuck waiter", d)
 	}

@@ -261,7 +261,9 @@ func (s *Server) Close(ctx context.Context) error {
 				os.Remove(s.path)
 			}
 		}
-		s.closeErr = errors.Join(errs...)
+		if err := errors.Join(errs...); err != nil {
+			s.closeErr = fmt.Errorf("control socket %s: requests still running at shutdown were cut off: %w", s.path, err)
+		}
 	})
 	return s.closeErr
 }
