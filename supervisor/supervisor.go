@@ -13,7 +13,10 @@ import (
 	"time"
 
 	"github.com/lifeboat/lifeboat/supervisor/config"
+	"github.com/lifeboat/lifeboat/supervisor/control"
+	"github.com/lifeboat/lifeboat/supervisor/metrics"
 	"github.com/lifeboat/lifeboat/supervisor/process"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,8 +55,11 @@ type Supervisor struct {
 	log     *slog.Logger
 	version string
 
-	reaper *process.Reaper
-	app    *process.App
+	reaper   *process.Reaper
+	app      *process.App
+	registry *prometheus.Registry
+	metrics  *metrics.Supervisor
+	control  *control.Server
 
 	// shutdownCh is closed when lifeboat is asked to stop (SIGTERM/SIGINT)
 	// or the app has ended for good.
@@ -83,6 +89,12 @@ func New(opts Options) *Supervisor {
 		shutdownCh: make(chan struct{}),
 		started:    time.Now(),
 	}
+	s.registry = metrics.NewRegistry()
+	m, err := metrics.NewSupervisor(s.registry, metrics.BuildInfo{Version: opts.Version})
+	if err != nil {
+		s.log.Warn("supervisor metrics unavailable", "error", err)
+	}
+	s.metrics = m
 	s.record(PhaseLoad, opts.LoadDuration, nil)
 	return s
 }
@@ -93,6 +105,7 @@ func (s *Supervisor) phaseStart(name string) func(error) {
 	s.mu.Lock()
 	s.phase = name
 	s.mu.Unlock()
+	s.metrics.EnterPhase(name)
 	t0 := time.Now()
 	return func(err error) { s.record(name, time.Since(t0), err) }
 }
@@ -108,6 +121,7 @@ func (s *Supervisor) record(name string, d time.Duration, err error) {
 	s.mu.Lock()
 	s.phases = append(s.phases, rec)
 	s.mu.Unlock()
+	s.metrics.PhaseDone(name, d, err)
 }
 
 // Run runs the whole lifecycle and returns lifeboat's exit status: the
@@ -126,6 +140,34 @@ func (s *Supervisor) Run(ctx context.Context) int {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+
+	srv, err := control.New(control.Options{
+		Socket:          s.cfg.Control.Socket,
+		DataDir:         s.cfg.Data.Path,
+		Status:          s.statusFunc,
+		Notify:          s.notify,
+		Events:          []string{"backup"},
+		Registry:        s.registry,
+		TelemetryListen: s.cfg.Telemetry.Listen,
+		Logger:          s.log,
+	})
+	switch {
+	case err == nil:
+		s.control = srv
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			srv.Close(ctx)
+		}()
+	case s.cfg.Control.Socket == config.DefaultSocket:
+		// Nobody asked for a particular socket and no default place is
+		// writable (a non-root user without XDG_RUNTIME_DIR): run the app
+		// anyway, without status and notify.
+		s.log.Warn("no control socket: status and notify are unavailable; set control.socket or LIFEBOAT_SOCKET to a writable path", "error", err)
+	default:
+		s.log.Error("cannot open the control socket; not starting the app", "error", err)
+		return ExitFailure
+	}
 
 	// Until the app runs, SIGTERM/SIGINT abort whatever phase is under way.
 	preStart := make(chan struct{})
@@ -188,6 +230,8 @@ func (s *Supervisor) startAndServe(ctx context.Context, signals <-chan os.Signal
 		return process.Exit{}, err
 	}
 	s.app = process.NewApp(spec, s.reaper, s.log)
+	s.app.OnStart = s.metrics.AppStarted
+	s.app.OnExit = func(e process.Exit) { s.metrics.AppExited(e.Status(), e.Signal != 0) }
 	type result struct {
 		exit process.Exit
 		err  error

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lifeboat/lifeboat/internal/testrig"
+	"github.com/lifeboat/lifeboat/supervisor/control"
 )
 
 // These tests run the real lifeboat binary as PID 1 of a new PID namespace
@@ -53,6 +56,7 @@ type runOpts struct {
 	pid1   bool     // run as PID 1 of a new PID namespace
 	prefix []string // wrapper inside the namespace (e.g. setpriv)
 	env    []string
+	socket string // control socket path; "" for one in a temp dir
 }
 
 func needRoot(t *testing.T) {
@@ -66,7 +70,10 @@ func needRoot(t *testing.T) {
 func start(t *testing.T, o runOpts, app ...string) *instance {
 	t.Helper()
 	bin := testrig.BuildLifeboat(t)
-	args := []string{"run", "--log-format", "json", "--log-level", "debug", "--socket", filepath.Join(t.TempDir(), "lb.sock")}
+	if o.socket == "" {
+		o.socket = filepath.Join(t.TempDir(), "lb.sock")
+	}
+	args := []string{"run", "--log-format", "json", "--log-level", "debug", "--socket", o.socket}
 	if o.config != "" {
 		p := filepath.Join(t.TempDir(), "lifeboat.hcl")
 		if err := os.WriteFile(p, []byte(o.config), 0o644); err != nil {
@@ -388,7 +395,14 @@ func TestAppRunsAsConfiguredUser(t *testing.T) {
 
 func TestLifeboatRunsAsNonRootUser(t *testing.T) {
 	setpriv := testrig.Binary(t, "setpriv")
-	in := start(t, runOpts{pid1: true, prefix: []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"}},
+	// A socket directory the unprivileged lifeboat can write.
+	dir, err := os.MkdirTemp("", "lifeboat-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	in := start(t, runOpts{pid1: true, socket: filepath.Join(dir, "lb.sock"), prefix: []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"}},
 		"sh", "-c", zombieCheck+`id -u`, "zombie-check", "20")
 	if got := in.wait(60 * time.Second); got != 0 {
 		t.Fatalf("status %d; stderr:\n%s", got, in.stderr)
@@ -434,5 +448,64 @@ func TestTermDuringRestartBackoffStops(t *testing.T) {
 	in.signal(syscall.SIGTERM)
 	if got := in.wait(10 * time.Second); got != 3 {
 		t.Errorf("status %d, want the app's last status 3", got)
+	}
+}
+
+func TestStatusAndMetricsOfRunningSupervisor(t *testing.T) {
+	dir := t.TempDir()
+	sock, ready := filepath.Join(dir, "lb.sock"), filepath.Join(dir, "ready")
+	in := start(t, runOpts{pid1: true, socket: sock, env: []string{"READY=" + ready}},
+		"sh", "-c", `echo ready > $READY; while :; do sleep 0.02; done`)
+	waitFor(t, 10*time.Second, "the app to be ready", fileContains(ready, "ready"))
+	bin := testrig.BuildLifeboat(t)
+	var st struct {
+		Phase string
+		App   struct {
+			Command string
+			Running bool
+			Pid     int
+		}
+		Phases []struct{ Name string }
+	}
+	waitFor(t, 10*time.Second, "status to show the serve phase", func() bool {
+		out, err := exec.Command(bin, "status", "--json", "--socket", sock).Output()
+		return err == nil && json.Unmarshal(out, &st) == nil && st.Phase == "serve"
+	})
+	// Inside the PID namespace lifeboat is 1 and the app is its child.
+	if !st.App.Running || st.App.Pid < 2 || st.App.Command != "sh" {
+		t.Errorf("status app = %+v", st.App)
+	}
+	if len(st.Phases) < 2 || st.Phases[0].Name != "load" || st.Phases[1].Name != "start" {
+		t.Errorf("status phases = %+v", st.Phases)
+	}
+	out, err := exec.Command(bin, "status", "--socket", sock).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "serve") {
+		t.Errorf("status table: %v\n%s", err, out)
+	}
+	c, err := control.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, err := c.Metrics(context.Background())
+	c.Close()
+	for _, want := range []string{"lifeboat_app_up 1", "lifeboat_build_info", `lifeboat_phase_duration_seconds{phase="start"}`} {
+		if err != nil || !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q (err %v)", want, err)
+		}
+	}
+	// No backups configured: notify says so and exits non-zero.
+	out, err = exec.Command(bin, "notify", "backup", "--socket", sock).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "backups are not configured") {
+		t.Errorf("notify backup without backups: %v\n%s", err, out)
+	}
+	in.signal(syscall.SIGTERM)
+	if got := in.wait(20 * time.Second); got != 143 {
+		t.Errorf("status %d, want 143 (the app died of SIGTERM)", got)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket left behind after exit: %v", err)
+	}
+	if !strings.Contains(in.stderr.String(), `"phase":"shutdown"`) {
+		t.Errorf("no shutdown phase line:\n%s", in.stderr)
 	}
 }

@@ -81,6 +81,11 @@ type App struct {
 
 	startedCh chan struct{} // closed when the first incarnation is running
 	startOnce sync.Once
+
+	// OnStart and OnExit, when set before Run, are called as each
+	// incarnation starts and ends (for metrics and status).
+	OnStart func(pid int, restart bool)
+	OnExit  func(Exit)
 }
 
 // NewApp prepares the app; Run starts it.
@@ -193,7 +198,11 @@ func (a *App) runOnce(ctx context.Context) (Exit, error) {
 	a.pid = cmd.Process.Pid
 	a.started = time.Now()
 	a.mu.Unlock()
-	a.startOnce.Do(func() { close(a.startedCh) })
+	restart := true
+	a.startOnce.Do(func() { restart = false; close(a.startedCh) })
+	if a.OnStart != nil {
+		a.OnStart(cmd.Process.Pid, restart)
+	}
 	a.log.Debug("app started", "pid", cmd.Process.Pid, "command", a.spec.Command[0])
 
 	ended := make(chan Exit, 1)
@@ -204,6 +213,9 @@ func (a *App) runOnce(ctx context.Context) (Exit, error) {
 	case <-ctx.Done():
 		a.killGroup()
 		exit = <-ended
+	}
+	if a.OnExit != nil {
+		a.OnExit(exit)
 	}
 	a.mu.Lock()
 	a.pid = 0
