@@ -1,0 +1,70 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"path"
+	"strings"
+)
+
+// Options are the settings of a store that do not belong in its URL:
+// credentials (never put those in URLs, which end up in logs) and choices
+// the config file makes.
+type Options struct {
+	// S3 credentials; when empty, the AWS_ACCESS_KEY_ID,
+	// AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN environment variables.
+	AccessKey    string
+	SecretKey    string
+	SessionToken string
+	// Region overrides the URL's region parameter.
+	Region string
+	// CAFile is a PEM bundle to trust for the S3 endpoint's TLS; when empty,
+	// AWS_CA_BUNDLE, then the system roots.
+	CAFile string
+	// PathStyle forces path-style bucket addressing (MinIO and most
+	// self-hosted services need it); nil means the URL's path_style, or
+	// path style whenever a custom endpoint is given.
+	PathStyle *bool
+	// CreateBucket creates a missing bucket instead of failing.
+	CreateBucket bool
+}
+
+// Open opens the store at rawURL:
+//
+//	file:///ABS/PATH
+//	s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R&insecure=true&path_style=true
+func Open(ctx context.Context, rawURL string, opts Options) (Store, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("store URL: %w", err)
+	}
+	switch u.Scheme {
+	case "file":
+		if u.Host != "" && u.Host != "localhost" {
+			return nil, fmt.Errorf("store URL %q: a file URL has no host; write file:///abs/path", u.Redacted())
+		}
+		return OpenFile(u.Path)
+	case "s3":
+		return openS3(ctx, u, opts)
+	case "":
+		return nil, fmt.Errorf("store URL %q has no scheme; use s3://BUCKET/PREFIX or file:///ABS/PATH", u.Redacted())
+	}
+	return nil, fmt.Errorf("store URL %q: scheme %q is not supported; use s3:// or file://", u.Redacted(), u.Scheme)
+}
+
+// checkKey rejects keys that could escape the store's location.
+func checkKey(key string) error {
+	if key == "" || strings.HasPrefix(key, "/") || strings.Contains(key, "\\") || strings.ContainsRune(key, 0) {
+		return fmt.Errorf("invalid object key %q", key)
+	}
+	for _, el := range strings.Split(key, "/") {
+		if el == "" || el == "." || el == ".." {
+			return fmt.Errorf("invalid object key %q", key)
+		}
+	}
+	if path.Clean(key) != key {
+		return fmt.Errorf("invalid object key %q", key)
+	}
+	return nil
+}
