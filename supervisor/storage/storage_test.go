@@ -268,6 +268,12 @@ func TestFilePutKilledMidwayLeavesNoTornObject(t *testing.T) {
 	}
 	put(t, s, "obj", "old complete content")
 	for i := 0; i < 5; i++ {
+		// A killed writer leaves its temp file (harmless, never listed);
+		// clear it so this round waits for the new writer's data.
+		old, _ := filepath.Glob(filepath.Join(dir, ".tmp-*"))
+		for _, p := range old {
+			os.Remove(p)
+		}
 		cmd := exec.Command(os.Args[0], "-test.run=^TestFilePutKilledMidwayLeavesNoTornObject$")
 		cmd.Env = append(os.Environ(), "STORAGE_CRASH_CHILD="+dir)
 		if err := cmd.Start(); err != nil {
@@ -275,12 +281,15 @@ func TestFilePutKilledMidwayLeavesNoTornObject(t *testing.T) {
 		}
 		// Kill once the temp file has data in it.
 		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
+		for {
 			m, _ := filepath.Glob(filepath.Join(dir, ".tmp-*"))
 			if len(m) > 0 {
 				if fi, err := os.Stat(m[0]); err == nil && fi.Size() > 1<<20 {
 					break
 				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the child writer never wrote a megabyte")
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
