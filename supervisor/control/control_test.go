@@ -226,8 +226,16 @@ func TestNotifyUnknownEvent(t *testing.T) {
 	// From the Events list, before the handler runs.
 	s2 := start(t, Options{Notify: f.notify, Events: []string{"backup"}})
 	_, err = dial(t, s2).Notify(ctxT(t), "nope", NotifyRequest{})
-	if !errors.Is(err, ErrUnknownEvent) || !strings.Contains(err.Error(), "known events: [backup]") {
+	if !errors.Is(err, ErrUnknownEvent) || err.Error() != `unknown event "nope"; known events: backup` {
 		t.Fatalf("err = %v", err)
+	}
+	// A bare sentinel from the handler still names the event.
+	s3 := start(t, Options{Notify: func(context.Context, string, NotifyRequest) (NotifyResponse, error) {
+		return NotifyResponse{}, ErrUnknownEvent
+	}})
+	_, err = dial(t, s3).Notify(ctxT(t), "x-y", NotifyRequest{})
+	if !errors.Is(err, ErrUnknownEvent) || err.Error() != `unknown event "x-y"` {
+		t.Fatalf("bare sentinel: %v", err)
 	}
 	if len(f.got) != 0 {
 		t.Fatalf("handler ran for unknown events: %+v", f.got)

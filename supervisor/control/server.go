@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -284,7 +285,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
 	event := r.PathValue("event")
 	if len(s.opts.Events) > 0 && !contains(s.opts.Events, event) {
-		WriteError(w, http.StatusNotFound, fmt.Sprintf("unknown event %q; known events: %v", event, s.opts.Events))
+		WriteError(w, http.StatusNotFound, s.unknownEvent(event))
 		return
 	}
 	if s.opts.Notify == nil {
@@ -311,6 +312,11 @@ func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
 	resp, err := s.opts.Notify(r.Context(), event, req)
 	if err != nil {
 		s.log.Warn("notify failed", "event", event, "error", err)
+		if errors.Is(err, ErrUnknownEvent) && !strings.Contains(err.Error(), event) {
+			// A bare sentinel does not say which event; the user needs to.
+			WriteError(w, http.StatusNotFound, s.unknownEvent(event))
+			return
+		}
 		writeErr(w, err)
 		return
 	}
@@ -383,6 +389,13 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	w.Write(append(b, '\n'))
+}
+
+func (s *Server) unknownEvent(event string) string {
+	if len(s.opts.Events) == 0 {
+		return fmt.Sprintf("unknown event %q", event)
+	}
+	return fmt.Sprintf("unknown event %q; known events: %s", event, strings.Join(s.opts.Events, ", "))
 }
 
 func contains(list []string, s string) bool {
