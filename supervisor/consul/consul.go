@@ -23,6 +23,8 @@ const (
 	// failed queries while Consul is unreachable.
 	DefaultRetryInitial = 250 * time.Millisecond
 	DefaultRetryMax     = 30 * time.Second
+	// queryGrace is added to a blocking query's client-side deadline.
+	queryGrace = 5 * time.Second
 )
 
 // TLS is client TLS towards the Consul agent.
@@ -140,8 +142,14 @@ func Watch(ctx context.Context, query Query, opts WatchOptions, onValue func(any
 	first := true
 	backoff := opts.RetryInitial
 	for {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: opts.WaitTime, AllowStale: opts.AllowStale}).WithContext(ctx)
+		// Consul answers a blocking query after WaitTime plus up to
+		// WaitTime/16 of jitter; a server that has not answered well after
+		// that is hung (or partitioned), and the query is abandoned so the
+		// outage shows in status instead of hiding in a silent wait.
+		qctx, cancel := context.WithTimeout(ctx, opts.WaitTime+opts.WaitTime/8+queryGrace)
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: opts.WaitTime, AllowStale: opts.AllowStale}).WithContext(qctx)
 		v, meta, err := query(q)
+		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

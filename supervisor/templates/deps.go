@@ -133,7 +133,9 @@ func (d serviceDep) watch(ctx context.Context, m *Manager) {
 			}
 			out = append(out, s)
 		}
-		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID || out[i].ID == out[j].ID && out[i].Node < out[j].Node })
+		sort.Slice(out, func(i, j int) bool {
+			return out[i].ID < out[j].ID || out[i].ID == out[j].ID && out[i].Node < out[j].Node
+		})
 		return out, meta, nil
 	})
 }
