@@ -175,7 +175,7 @@ func TestVaultAgainstDevServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		for ref, want := range map[string]string{
-			"kv1/store#access_key":           "s3cr3t-v1-ak",
+			"kv1/store#access_key":            "s3cr3t-v1-ak",
 			"secret/data/lifeboat#access_key": "s3cr3t-v2-ak",
 			"secret/lifeboat#access_key":      "s3cr3t-v2-ak",
 			"secret/lifeboat#n":               "3",
