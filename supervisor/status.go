@@ -13,11 +13,12 @@ import (
 // the order people read it in. Secrets never appear here: the app's env and
 // command arguments are left out on purpose.
 type Status struct {
-	Version string        `json:"version"`
-	Phase   string        `json:"phase"`
-	Uptime  string        `json:"uptime"`
-	App     AppStatus     `json:"app"`
-	Phases  []PhaseStatus `json:"phases"`
+	Version string         `json:"version"`
+	Phase   string         `json:"phase"`
+	Uptime  string         `json:"uptime"`
+	App     AppStatus      `json:"app"`
+	Phases  []PhaseStatus  `json:"phases"`
+	Secrets *SecretsStatus `json:"secrets,omitempty"` // Consul/Vault/templates: names and health, no values
 }
 
 // AppStatus is the app's side of the status.
@@ -68,6 +69,7 @@ func (s *Supervisor) Status() Status {
 	if s.reaper != nil {
 		st.App.Orphans = s.reaper.Orphans()
 	}
+	st.Secrets = s.secretsStatus()
 	return st
 }
 

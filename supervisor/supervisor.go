@@ -60,6 +60,7 @@ type Supervisor struct {
 	registry *prometheus.Registry
 	metrics  *metrics.Supervisor
 	control  *control.Server
+	sec      secrets // Consul, Vault, templates and env (secrets.go)
 
 	// shutdownCh is closed when lifeboat is asked to stop (SIGTERM/SIGINT)
 	// or the app has ended for good.
@@ -189,6 +190,7 @@ func (s *Supervisor) Run(ctx context.Context) int {
 		}
 	}()
 
+	defer s.closeSecrets() // last: the Vault token is revoked after everything else
 	status, ok := s.prepare(ctx)
 	close(preStart)
 	if !ok {
@@ -218,6 +220,12 @@ func (s *Supervisor) Run(ctx context.Context) int {
 // prepare runs the phases before the app starts. It returns false and
 // the exit status when lifeboat must not start the app.
 func (s *Supervisor) prepare(ctx context.Context) (int, bool) {
+	if err := s.connectSecrets(ctx); err != nil {
+		return secretsExit(err), false
+	}
+	if err := s.renderSecrets(ctx); err != nil {
+		return secretsExit(err), false
+	}
 	return 0, true
 }
 
@@ -245,6 +253,7 @@ func (s *Supervisor) startAndServe(ctx context.Context, signals <-chan os.Signal
 	select {
 	case <-s.app.Started():
 		done(nil)
+		s.serveSecrets()
 	case r := <-ended:
 		done(r.err)
 		return r.exit, r.err
@@ -315,5 +324,6 @@ func (s *Supervisor) appSpec() (process.Spec, error) {
 	for k, v := range a.Env {
 		spec.Env = append(spec.Env, k+"="+v)
 	}
+	spec.Env = append(spec.Env, s.secretsEnv()...)
 	return spec, nil
 }
