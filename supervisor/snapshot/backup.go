@@ -1,0 +1,594 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Restore markers live in the restored directory; backups never include them.
+const (
+	// RestoringMarker exists while a restore is writing the directory.
+	RestoringMarker = ".lifeboat-restoring"
+	// RestoredMarker is written last by a complete restore.
+	RestoredMarker = ".lifeboat-restored"
+)
+
+// StreamSource is a named stream to store in the snapshot: the stdout of
+// Command (run with Env added to lifeboat's environment), or Reader.
+type StreamSource struct {
+	Name    string
+	Command []string
+	Env     []string
+	Reader  io.Reader
+}
+
+// BackupRequest describes one backup.
+type BackupRequest struct {
+	Dir          string   // directory to back up; "" for streams only
+	Exclude      []string // globs matched against the relative path and the base name
+	Streams      []StreamSource
+	Tags         []string
+	Reason       string
+	Host         string
+	Meta         map[string]string
+	FencingToken uint64
+	// Parent is the snapshot to compare against ("" = the latest, "none" =
+	// read everything). Unchanged files (size, mtime, ctime, inode) are not read.
+	Parent   string
+	Progress func(Progress) // called a few times a second and at the end
+}
+
+// Progress of a backup or restore.
+type Progress struct {
+	Files      int64
+	TotalFiles int64
+	Bytes      int64
+	TotalBytes int64
+	NewBytes   int64 // backup: raw bytes of new chunks
+	Stored     int64 // backup: bytes uploaded; restore: bytes downloaded
+	Elapsed    time.Duration
+	Done       bool
+}
+
+// progress counts with atomics and reports on a ticker.
+type progress struct {
+	files, totalFiles, bytes, totalBytes, newBytes, stored atomic.Int64
+	start                                                  time.Time
+	fn                                                     func(Progress)
+	stop                                                   chan struct{}
+	wg                                                     sync.WaitGroup
+}
+
+func startProgress(fn func(Progress)) *progress {
+	p := &progress{start: time.Now(), fn: fn, stop: make(chan struct{})}
+	if fn != nil {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			t := time.NewTicker(250 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					fn(p.snapshot(false))
+				case <-p.stop:
+					return
+				}
+			}
+		}()
+	}
+	return p
+}
+
+func (p *progress) snapshot(done bool) Progress {
+	return Progress{Files: p.files.Load(), TotalFiles: p.totalFiles.Load(), Bytes: p.bytes.Load(), TotalBytes: p.totalBytes.Load(),
+		NewBytes: p.newBytes.Load(), Stored: p.stored.Load(), Elapsed: time.Since(p.start), Done: done}
+}
+
+func (p *progress) finish() {
+	close(p.stop)
+	p.wg.Wait()
+	if p.fn != nil {
+		p.fn(p.snapshot(true))
+	}
+}
+
+// session is the state of one backup.
+type session struct {
+	r      *Repository
+	packer *packer
+	prog   *progress
+
+	mu      sync.Mutex
+	claimed map[ChunkID]bool // chunks this backup stores
+	stats   Stats
+}
+
+// claim reports whether id must be stored by this backup: not in the
+// repository and not already stored by this backup.
+func (s *session) claim(id ChunkID) bool {
+	if _, ok := s.r.lookup(id); ok {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.claimed[id] {
+		return false
+	}
+	s.claimed[id] = true
+	return true
+}
+
+// chunkWorker compresses, seals and stores chunks; one per goroutine.
+type chunkWorker struct {
+	s    *session
+	zbuf []byte
+	sbuf []byte
+	cbuf []byte // chunker buffer
+}
+
+// store handles one chunk and returns its id.
+func (w *chunkWorker) store(data []byte) (ChunkID, error) {
+	r := w.s.r
+	id := r.hash.sum(data)
+	if !w.s.claim(id) {
+		return id, nil
+	}
+	stored, flags := data, uint8(0)
+	w.zbuf = r.zenc.EncodeAll(data, w.zbuf[:0])
+	if len(w.zbuf) < len(data) {
+		stored, flags = w.zbuf, blobFlagZstd
+	}
+	if r.keys != nil {
+		var err error
+		if w.sbuf, err = r.keys.sealChunk(w.sbuf[:0], id, stored); err != nil {
+			return id, err
+		}
+		stored = w.sbuf
+	}
+	w.s.prog.newBytes.Add(int64(len(data)))
+	w.s.prog.stored.Add(int64(len(stored)))
+	w.s.mu.Lock()
+	w.s.stats.NewChunks++
+	w.s.mu.Unlock()
+	return id, w.s.packer.add(id, stored, len(data), flags)
+}
+
+// storeStream chunks everything from rd.
+func (w *chunkWorker) storeStream(ctx context.Context, rd io.Reader) ([]ChunkID, int64, error) {
+	if w.cbuf == nil {
+		w.cbuf = make([]byte, 2*w.s.r.cfg.Chunker.Max)
+	}
+	ch := NewChunker(rd, w.s.r.cfg.Chunker, w.cbuf)
+	var ids []ChunkID
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, n, err
+		}
+		data, err := ch.Next()
+		if errors.Is(err, io.EOF) {
+			return ids, n, nil
+		}
+		if err != nil {
+			return nil, n, err
+		}
+		id, err := w.store(data)
+		if err != nil {
+			return nil, n, err
+		}
+		ids = append(ids, id)
+		n += int64(len(data))
+		w.s.prog.bytes.Add(int64(len(data)))
+	}
+}
+
+// Backup takes a snapshot of req.Dir and req.Streams and commits it. On any
+// error nothing is committed (uploaded packs become garbage for prune).
+func (r *Repository) Backup(ctx context.Context, req BackupRequest) (*Manifest, error) {
+	start := time.Now()
+	release, err := r.acquireBackupLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := r.LoadIndex(ctx); err != nil { // chunks other writers added since Open
+		return nil, err
+	}
+	m := &Manifest{Version: 1, ID: randomID(8), Time: start.UTC(), Host: req.Host, Tags: req.Tags, Reason: req.Reason,
+		FencingToken: req.FencingToken, Meta: req.Meta}
+	parent := map[string]*Entry{}
+	if req.Parent != "none" {
+		if p, err := r.FindSnapshot(ctx, req.Parent); err == nil {
+			if t, err := r.ReadTree(ctx, p); err == nil {
+				m.Parent = p.ID
+				for i := range t.Entries {
+					parent[t.Entries[i].Path] = &t.Entries[i]
+				}
+			} else {
+				r.log.Warn("parent snapshot unreadable; reading every file", "parent", p.ID, "error", err)
+			}
+		} else if !errors.Is(err, ErrNoSnapshot) {
+			return nil, err
+		}
+	}
+
+	s := &session{r: r, claimed: map[ChunkID]bool{}, prog: startProgress(req.Progress)}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.packer = newPacker(ctx, r)
+	tree := &Tree{Version: 1}
+
+	if req.Dir != "" {
+		if err := s.backupDir(ctx, req, parent, tree); err != nil {
+			cancel()
+			s.packer.finish()
+			s.prog.finish()
+			return nil, err
+		}
+	}
+	w := &chunkWorker{s: s}
+	for _, src := range req.Streams {
+		st, err := s.backupStream(ctx, w, src)
+		if err != nil {
+			cancel()
+			s.packer.finish()
+			s.prog.finish()
+			return nil, fmt.Errorf("stream %s: %w", src.Name, err)
+		}
+		tree.Streams = append(tree.Streams, st)
+		s.stats.Bytes += st.Size
+	}
+	packs, err := s.packer.finish()
+	s.prog.finish()
+	if err != nil {
+		return nil, err
+	}
+	if err := r.writeIndex(ctx, packs); err != nil {
+		return nil, err
+	}
+	s.stats.NewBytes = s.prog.newBytes.Load()
+	s.stats.StoredBytes = s.prog.stored.Load()
+	s.stats.ReadBytes = s.prog.bytes.Load()
+	s.stats.Duration = time.Since(start).Round(time.Millisecond).String()
+	m.Stats = s.stats
+	if err := r.commit(ctx, m, tree); err != nil {
+		return nil, err
+	}
+	r.log.Info("snapshot committed", "snapshot", m.ID, "files", m.Stats.Files, "bytes", m.Stats.Bytes,
+		"new_bytes", m.Stats.NewBytes, "stored_bytes", m.Stats.StoredBytes, "duration", m.Stats.Duration)
+	return m, nil
+}
+
+func excluded(rel string, patterns []string) bool {
+	base := path.Base(rel)
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, rel); ok {
+			return true
+		}
+		if ok, _ := path.Match(p, base); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// fileJob is a regular file whose content must be read.
+type fileJob struct {
+	idx  int // in tree.Entries
+	abs  string
+	size int64
+}
+
+func (s *session) backupDir(ctx context.Context, req BackupRequest, parent map[string]*Entry, tree *Tree) error {
+	root := filepath.Clean(req.Dir)
+	fi, err := os.Lstat(root)
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", root, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("backup %s: not a directory", root)
+	}
+	var jobs []fileJob
+	links := map[[2]uint64]string{} // (dev, inode) -> first path, for hardlinks
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // vanished while walking
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		rel = filepath.ToSlash(rel)
+		if rel == RestoringMarker || rel == RestoredMarker {
+			return nil
+		}
+		if rel != "." && excluded(rel, req.Exclude) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		st := info.Sys().(*syscall.Stat_t)
+		e := Entry{Path: rel, Mode: uint32(info.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)),
+			UID: st.Uid, GID: st.Gid, MTime: info.ModTime().UnixNano(), Dev: st.Dev, Inode: st.Ino,
+			CTime: st.Ctim.Sec*1e9 + st.Ctim.Nsec, Xattrs: readXattrs(p)}
+		switch {
+		case info.IsDir():
+			e.Kind = KindDir
+			s.stats.Dirs++
+		case info.Mode()&fs.ModeSymlink != 0:
+			e.Kind = KindSymlink
+			if e.Target, err = os.Readlink(p); err != nil {
+				return err
+			}
+			s.stats.Symlinks++
+		case info.Mode().IsRegular():
+			key := [2]uint64{st.Dev, st.Ino}
+			if first, ok := links[key]; ok && st.Nlink > 1 {
+				e.Kind, e.Target = KindHardlink, first
+				s.stats.Hardlinks++
+				break
+			}
+			if st.Nlink > 1 {
+				links[key] = rel
+			}
+			e.Kind, e.Size = KindFile, info.Size()
+			s.stats.Files++
+			s.stats.Bytes += e.Size
+			s.prog.totalFiles.Add(1)
+			if pe := parent[rel]; pe != nil && pe.Kind == KindFile && pe.Size == e.Size && pe.MTime == e.MTime &&
+				pe.CTime == e.CTime && pe.Inode == e.Inode && s.r.haveAll(pe.Chunks) {
+				e.Chunks = pe.Chunks
+				s.prog.files.Add(1)
+				break
+			}
+			s.prog.totalBytes.Add(e.Size)
+			jobs = append(jobs, fileJob{idx: len(tree.Entries), abs: p, size: e.Size})
+		default:
+			s.stats.Skipped = append(s.stats.Skipped, rel+": "+kindName(info.Mode())+" (not backed up)")
+			return nil
+		}
+		tree.Entries = append(tree.Entries, e)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", root, err)
+	}
+	if len(s.stats.Skipped) > 0 {
+		s.r.log.Info("entries skipped", "count", len(s.stats.Skipped), "first", s.stats.Skipped[0])
+	}
+	return s.readFiles(ctx, jobs, tree)
+}
+
+// readFiles reads changed files with one worker per core, largest first so
+// a big file starts early and the small ones fill in around it.
+func (s *session) readFiles(ctx context.Context, jobs []fileJob, tree *Tree) error {
+	sort.SliceStable(jobs, func(i, j int) bool { return jobs[i].size > jobs[j].size })
+	ch := make(chan fileJob)
+	var mu sync.Mutex
+	var firstErr error
+	var wg sync.WaitGroup
+	workers := max(2, runtime.GOMAXPROCS(0))
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := &chunkWorker{s: s}
+			for job := range ch {
+				if err := s.readFile(ctx, w, job, &tree.Entries[job.idx]); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, j := range jobs {
+		mu.Lock()
+		failed := firstErr != nil
+		mu.Unlock()
+		if failed || ctx.Err() != nil {
+			break
+		}
+		ch <- j
+	}
+	close(ch)
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	return ctx.Err()
+}
+
+func (s *session) readFile(ctx context.Context, w *chunkWorker, job fileJob, e *Entry) error {
+	f, err := os.Open(job.abs)
+	if errors.Is(err, fs.ErrNotExist) {
+		s.note(&s.stats.Skipped, e.Path+": vanished before it could be read")
+		e.Chunks, e.Size = nil, 0
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	ids, n, err := w.storeStream(ctx, f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", e.Path, err)
+	}
+	e.Chunks, e.Size = ids, n
+	s.prog.files.Add(1)
+	// A file that changed while it was read may be inconsistent in the
+	// snapshot: say so (the app's pre_backup hook should quiesce it).
+	var after unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &after); err == nil {
+		if after.Size != n || after.Mtim.Sec*1e9+after.Mtim.Nsec != e.MTime || after.Ctim.Sec*1e9+after.Ctim.Nsec != e.CTime {
+			s.note(&s.stats.Changed, e.Path)
+			s.r.log.Warn("file changed while it was read", "path", e.Path)
+			e.MTime = after.Mtim.Sec*1e9 + after.Mtim.Nsec
+			e.CTime = 0 // never trust it as unchanged next time
+		}
+	}
+	return nil
+}
+
+func (s *session) note(list *[]string, msg string) {
+	s.mu.Lock()
+	*list = append(*list, msg)
+	s.mu.Unlock()
+}
+
+// backupStream stores the stdout of src.Command (or src.Reader). A command
+// that exits non-zero fails the backup: never an empty "successful" one.
+func (s *session) backupStream(ctx context.Context, w *chunkWorker, src StreamSource) (StreamEntry, error) {
+	st := StreamEntry{Name: src.Name}
+	if src.Reader != nil {
+		ids, n, err := w.storeStream(ctx, src.Reader)
+		st.Chunks, st.Size = ids, n
+		return st, err
+	}
+	if len(src.Command) == 0 {
+		return st, errors.New("no command")
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return st, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		pr.Close()
+		pw.Close()
+		return st, err
+	}
+	cmd := exec.Command(src.Command[0], src.Command[1:]...)
+	cmd.Env = append(os.Environ(), src.Env...)
+	cmd.Stdout, cmd.Stderr = pw, errW
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	wait, err := s.r.starter.Start(cmd)
+	pw.Close()
+	errW.Close()
+	if err != nil {
+		pr.Close()
+		errR.Close()
+		return st, fmt.Errorf("start %s: %w", src.Command[0], err)
+	}
+	var stderr bytes.Buffer
+	stderrDone := make(chan struct{})
+	go func() { io.Copy(&tailWriter{buf: &stderr, max: 4096}, errR); errR.Close(); close(stderrDone) }()
+	ids, n, readErr := w.storeStream(ctx, pr)
+	if readErr != nil {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	pr.Close()
+	code, waitErr := wait()
+	<-stderrDone
+	if readErr != nil {
+		return st, readErr
+	}
+	if waitErr != nil || code != 0 {
+		return st, fmt.Errorf("%s exited with status %d: %s", src.Command[0], code, strings.TrimSpace(stderr.String()))
+	}
+	st.Chunks, st.Size = ids, n
+	return st, nil
+}
+
+// tailWriter keeps the last max bytes written.
+type tailWriter struct {
+	buf *bytes.Buffer
+	max int
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	t.buf.Write(p)
+	if t.buf.Len() > t.max {
+		b := t.buf.Bytes()[t.buf.Len()-t.max:]
+		nb := append([]byte(nil), b...)
+		t.buf.Reset()
+		t.buf.Write(nb)
+	}
+	return len(p), nil
+}
+
+func (r *Repository) haveAll(ids []ChunkID) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, id := range ids {
+		if _, ok := r.index[id]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func kindName(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeNamedPipe != 0:
+		return "fifo"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	}
+	return "special file"
+}
+
+// readXattrs returns the extended attributes of p (not following
+// symlinks); none when the file system has none or does not support them.
+func readXattrs(p string) map[string][]byte {
+	sz, err := unix.Llistxattr(p, nil)
+	if err != nil || sz <= 0 {
+		return nil
+	}
+	buf := make([]byte, sz)
+	sz, err = unix.Llistxattr(p, buf)
+	if err != nil {
+		return nil
+	}
+	out := map[string][]byte{}
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:sz]), "\x00"), "\x00") {
+		if name == "" {
+			continue
+		}
+		n, err := unix.Lgetxattr(p, name, nil)
+		if err != nil {
+			continue
+		}
+		v := make([]byte, n)
+		if n, err = unix.Lgetxattr(p, name, v); err == nil {
+			out[name] = v[:n]
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}

@@ -1,0 +1,145 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/lifeboat/lifeboat/supervisor/storage"
+)
+
+// An index object lists packs and the blobs in them. Each backup writes
+// one for the packs it uploaded, after the packs and before its manifest.
+type indexFile struct {
+	Version int         `json:"version"`
+	Packs   []indexPack `json:"packs"`
+}
+
+type indexPack struct {
+	ID    string      `json:"id"`
+	Size  int64       `json:"size"`
+	Blobs []indexBlob `json:"blobs"`
+}
+
+type indexBlob struct {
+	ID     ChunkID `json:"id"`
+	Offset int64   `json:"offset"`
+	Length int     `json:"length"`
+	Raw    int     `json:"raw"`
+	Flags  uint8   `json:"flags,omitempty"`
+}
+
+// MarshalText writes ids as hex.
+func (id ChunkID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText reads hex ids.
+func (id *ChunkID) UnmarshalText(b []byte) error {
+	if len(b) != 64 {
+		return fmt.Errorf("chunk id %q: want 64 hex digits", b)
+	}
+	_, err := hex.Decode(id[:], b)
+	return err
+}
+
+// maxIndexBytes bounds one index object.
+const maxIndexBytes = 256 << 20
+
+// LoadIndex reads index objects not loaded yet (all of them at Open), so
+// chunks other writers stored since are known.
+func (r *Repository) LoadIndex(ctx context.Context) error {
+	var keys []string
+	err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
+		r.mu.RLock()
+		seen := r.indexes[o.Key]
+		r.mu.RUnlock()
+		if !seen {
+			keys = append(keys, o.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list index: %w", err)
+	}
+	return parallel(ctx, r.conc, keys, func(ctx context.Context, key string) error {
+		idx, err := r.readIndex(ctx, key)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.addIndex(idx)
+		r.indexes[key] = true
+		return nil
+	})
+}
+
+func (r *Repository) readIndex(ctx context.Context, key string) (*indexFile, error) {
+	b, err := r.getAll(ctx, key, maxIndexBytes)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	var idx indexFile
+	if err := r.decodeObject("index", b, &idx); err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	if idx.Version != 1 {
+		return nil, fmt.Errorf("%s: index version %d not supported", key, idx.Version)
+	}
+	return &idx, nil
+}
+
+// addIndex merges idx; r.mu must be held.
+func (r *Repository) addIndex(idx *indexFile) {
+	for _, p := range idx.Packs {
+		for _, b := range p.Blobs {
+			r.index[b.ID] = BlobRef{Pack: p.ID, Offset: b.Offset, Length: b.Length, Raw: b.Raw, Flags: b.Flags}
+		}
+	}
+}
+
+// writeIndex stores the index of a backup's new packs and adds it to the
+// in-memory index.
+func (r *Repository) writeIndex(ctx context.Context, packs []indexPack) error {
+	if len(packs) == 0 {
+		return nil
+	}
+	idx := &indexFile{Version: 1, Packs: packs}
+	b, err := r.encodeObject("index", idx)
+	if err != nil {
+		return err
+	}
+	key := indexPrefix + randomID(16)
+	if err := r.store.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
+		return fmt.Errorf("write index: %w", err)
+	}
+	r.mu.Lock()
+	r.addIndex(idx)
+	r.indexes[key] = true
+	r.mu.Unlock()
+	return nil
+}
+
+// lookup finds a chunk.
+func (r *Repository) lookup(id ChunkID) (BlobRef, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	ref, ok := r.index[id]
+	return ref, ok
+}
+
+// IndexKeys lists the index objects loaded (for prune and verify).
+func (r *Repository) IndexKeys() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	keys := make([]string, 0, len(r.indexes))
+	for k := range r.indexes {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+func packIDFromKey(key string) string {
+	return key[strings.LastIndex(key, "/")+1:]
+}

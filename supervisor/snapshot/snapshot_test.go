@@ -1,0 +1,428 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/big"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lifeboat/lifeboat/internal/testrig"
+	"github.com/lifeboat/lifeboat/supervisor/storage"
+	"golang.org/x/sys/unix"
+)
+
+// backends opens a fresh store per call: the file backend, and S3 on one
+// real MinIO started for the test.
+func backends(t *testing.T) map[string]func(t *testing.T) storage.Store {
+	m := testrig.StartMinIO(t)
+	n := 0
+	return map[string]func(t *testing.T) storage.Store{
+		"file": func(t *testing.T) storage.Store {
+			s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+		"s3": func(t *testing.T) storage.Store {
+			n++
+			s, err := storage.Open(context.Background(), m.StoreURL(fmt.Sprintf("snap-%d", n), "repo"),
+				storage.Options{AccessKey: m.AccessKey, SecretKey: m.SecretKey, CreateBucket: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+	}
+}
+
+func openRepo(t *testing.T, s storage.Store, key []byte) *Repository {
+	t.Helper()
+	r, err := Open(context.Background(), s, Options{Create: true, Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func randBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// makeTree writes every kind of entry the engine handles.
+func makeTree(t *testing.T, dir string) {
+	t.Helper()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(dir, "sub/deeper"), 0o755))
+	must(os.MkdirAll(filepath.Join(dir, "empty-dir"), 0o711))
+	must(os.WriteFile(filepath.Join(dir, "small.txt"), []byte("hello lifeboat\n"), 0o640))
+	must(os.WriteFile(filepath.Join(dir, "empty-file"), nil, 0o600))
+	must(os.WriteFile(filepath.Join(dir, "sub/random.bin"), randBytes(3<<20+17), 0o644))
+	must(os.WriteFile(filepath.Join(dir, "sub/deeper/text.log"), bytes.Repeat([]byte("compressible line of text\n"), 200000), 0o600))
+	must(os.WriteFile(filepath.Join(dir, "exec.sh"), []byte("#!/bin/sh\n"), 0o4755))
+	must(os.Symlink("sub/random.bin", filepath.Join(dir, "link-rel")))
+	must(os.Symlink("/etc/hostname", filepath.Join(dir, "link-abs")))
+	must(os.Link(filepath.Join(dir, "small.txt"), filepath.Join(dir, "sub/hardlink.txt")))
+	// A sparse file: 8 MiB with data only at 1 MiB and at the end.
+	f, err := os.Create(filepath.Join(dir, "sparse.img"))
+	must(err)
+	f.WriteAt([]byte("in the middle"), 1<<20)
+	f.WriteAt([]byte("at the end"), 8<<20-10)
+	f.Close()
+	must(syscall.Mkfifo(filepath.Join(dir, "a-fifo"), 0o600))
+	if os.Geteuid() == 0 {
+		must(os.Lchown(filepath.Join(dir, "small.txt"), 1234, 5678))
+		must(os.Lchown(filepath.Join(dir, "link-rel"), 4321, 8765))
+	}
+	unix.Setxattr(filepath.Join(dir, "small.txt"), "user.lifeboat", []byte("xattr value"), 0)
+	old := time.Date(2001, 2, 3, 4, 5, 6, 789, time.UTC)
+	must(os.Chtimes(filepath.Join(dir, "sub/random.bin"), old, old))
+	must(os.Chtimes(filepath.Join(dir, "sub/deeper"), old, old))
+}
+
+// describe renders everything restore must reproduce, for comparison.
+func describe(t *testing.T, dir string) string {
+	t.Helper()
+	var lines []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == RestoredMarker || rel == RestoringMarker || d.Type()&fs.ModeNamedPipe != 0 {
+			return nil
+		}
+		info, _ := d.Info()
+		st := info.Sys().(*syscall.Stat_t)
+		line := fmt.Sprintf("%s %s uid=%d gid=%d", rel, info.Mode(), st.Uid, st.Gid)
+		if rel != "." && !info.IsDir() {
+			line += fmt.Sprintf(" mtime=%d", info.ModTime().UnixNano())
+		}
+		if rel != "." && info.IsDir() {
+			line += fmt.Sprintf(" mtime=%d", info.ModTime().UnixNano())
+		}
+		switch {
+		case info.Mode()&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			line += " -> " + target
+		case info.Mode().IsRegular():
+			b, _ := os.ReadFile(p)
+			line += fmt.Sprintf(" size=%d sum=%x nlink=%d", len(b), ChunkID(hasher{}.sum(b)), st.Nlink)
+			if x, err := unix.Getxattr(p, "user.lifeboat", make([]byte, 64)); err == nil {
+				line += fmt.Sprintf(" xattr=%d", x)
+			}
+		}
+		lines = append(lines, line)
+		return nil
+	})
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+func TestRoundTrip(t *testing.T) {
+	for name, open := range backends(t) {
+		for _, encrypted := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/encrypted=%t", name, encrypted), func(t *testing.T) {
+				var key []byte
+				if encrypted {
+					key = []byte("correct horse battery staple")
+				}
+				ctx := context.Background()
+				src := t.TempDir()
+				makeTree(t, src)
+				r := openRepo(t, open(t), key)
+				m, err := r.Backup(ctx, BackupRequest{Dir: src, Meta: map[string]string{"gtid": "0-1-42"}, FencingToken: 7, Tags: []string{"t"}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(m.Stats.Skipped) != 1 || !strings.Contains(m.Stats.Skipped[0], "a-fifo: fifo") {
+					t.Errorf("fifo not reported as skipped: %v", m.Stats.Skipped)
+				}
+				dst := filepath.Join(t.TempDir(), "restored")
+				res, err := r.Restore(ctx, RestoreRequest{Target: dst})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.Manifest.ID != m.ID || res.Manifest.Meta["gtid"] != "0-1-42" || res.Manifest.FencingToken != 7 {
+					t.Errorf("restored manifest %+v", res.Manifest)
+				}
+				if want, got := describe(t, src), describe(t, dst); want != got {
+					t.Fatalf("restored tree differs:\nwant:\n%s\ngot:\n%s", want, got)
+				}
+				if id, ok := RestoredFrom(dst); !ok || id != m.ID || RestoreIncomplete(dst) {
+					t.Errorf("markers: restored from %q %v, incomplete %v", id, ok, RestoreIncomplete(dst))
+				}
+				var st syscall.Stat_t
+				syscall.Stat(filepath.Join(dst, "sparse.img"), &st)
+				if st.Blocks*512 >= 8<<20 {
+					t.Errorf("sparse file restored dense: %d bytes allocated", st.Blocks*512)
+				}
+				// Reopened from the store alone.
+				r2, err := Open(ctx, r.Store(), Options{Key: key})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := r2.Restore(ctx, RestoreRequest{Target: dst}); !errors.Is(err, ErrNotEmpty) {
+					t.Errorf("restore into a non-empty dir: %v", err)
+				}
+				if _, err := r2.Restore(ctx, RestoreRequest{Target: dst, Force: true}); err != nil {
+					t.Fatal(err)
+				}
+				if want, got := describe(t, src), describe(t, dst); want != got {
+					t.Fatalf("forced restore differs:\nwant:\n%s\ngot:\n%s", want, got)
+				}
+			})
+		}
+	}
+}
+
+func TestIncrementalSharesChunksAndSkipsUnchangedFiles(t *testing.T) {
+	ctx := context.Background()
+	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	r := openRepo(t, s, nil)
+	src := t.TempDir()
+	big := randBytes(8 << 20)
+	os.WriteFile(filepath.Join(src, "big"), big, 0o644)
+	os.WriteFile(filepath.Join(src, "other"), randBytes(1<<20), 0o644)
+	m1, err := r.Backup(ctx, BackupRequest{Dir: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := r.Backup(ctx, BackupRequest{Dir: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2.Parent != m1.ID || m2.Stats.ReadBytes != 0 || m2.Stats.NewBytes != 0 {
+		t.Errorf("unchanged backup read %d bytes, stored %d new (parent %q)", m2.Stats.ReadBytes, m2.Stats.NewBytes, m2.Parent)
+	}
+	// Change 4 KiB in the middle of the big file: only the chunks around it are new.
+	copy(big[4<<20:], randBytes(4096))
+	os.WriteFile(filepath.Join(src, "big"), big, 0o644)
+	m3, err := r.Backup(ctx, BackupRequest{Dir: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m3.Stats.ReadBytes != 8<<20 {
+		t.Errorf("changed backup read %d bytes, want only the changed file (8 MiB)", m3.Stats.ReadBytes)
+	}
+	if m3.Stats.NewBytes == 0 || m3.Stats.NewBytes > 3*DefaultChunkMax {
+		t.Errorf("a 4 KiB change stored %d new bytes", m3.Stats.NewBytes)
+	}
+	dst := t.TempDir()
+	if _, err := r.Restore(ctx, RestoreRequest{Snapshot: m3.ID, Target: dst}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dst, "big")); !bytes.Equal(got, big) {
+		t.Fatal("incremental restore differs")
+	}
+	dst1 := t.TempDir()
+	if _, err := r.Restore(ctx, RestoreRequest{Snapshot: m1.ID[:6], Target: dst1}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dst1, "big")); bytes.Equal(got, big) {
+		t.Fatal("restoring the first snapshot gave the changed content")
+	}
+}
+
+func TestStreamRoundTripAndFailingCommand(t *testing.T) {
+	ctx := context.Background()
+	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	r := openRepo(t, s, nil)
+	data := append(bytes.Repeat([]byte("stream text "), 100000), randBytes(2<<20)...)
+	in := filepath.Join(t.TempDir(), "in")
+	os.WriteFile(in, data, 0o600)
+	m, err := r.Backup(ctx, BackupRequest{Streams: []StreamSource{{Name: "db", Command: []string{"cat", in}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	_, err = r.Restore(ctx, RestoreRequest{Snapshot: m.ID, Streams: map[string]StreamSink{"db": {Command: []string{"sh", "-c", "cat > " + out}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, data) {
+		t.Fatalf("stream round trip: %d bytes back of %d", len(got), len(data))
+	}
+	var buf bytes.Buffer
+	if _, err := r.Restore(ctx, RestoreRequest{Snapshot: m.ID, Streams: map[string]StreamSink{"db": {Writer: &buf}}}); err != nil || !bytes.Equal(buf.Bytes(), data) {
+		t.Fatalf("stream to writer: %v", err)
+	}
+	// A stream command that fails fails the snapshot: nothing committed.
+	_, err = r.Backup(ctx, BackupRequest{Streams: []StreamSource{{Name: "db", Command: []string{"sh", "-c", "echo partial; echo boom >&2; exit 3"}}}})
+	if err == nil || !strings.Contains(err.Error(), "exited with status 3: boom") {
+		t.Fatalf("failing stream command: %v", err)
+	}
+	list, _ := r.Snapshots(ctx)
+	if len(list) != 1 {
+		t.Fatalf("a failed backup was committed: %d snapshots", len(list))
+	}
+	// A restore command that fails fails the restore.
+	_, err = r.Restore(ctx, RestoreRequest{Snapshot: m.ID, Streams: map[string]StreamSink{"db": {Command: []string{"sh", "-c", "cat >/dev/null; exit 4"}}}})
+	if err == nil || !strings.Contains(err.Error(), "status 4") {
+		t.Fatalf("failing restore command: %v", err)
+	}
+}
+
+// writeHostile commits a crafted tree as a snapshot.
+func writeHostile(t *testing.T, r *Repository, entries []Entry) *Manifest {
+	t.Helper()
+	m := &Manifest{Version: 1, ID: randomID(8), Time: time.Now().UTC()}
+	if err := r.commit(context.Background(), m, &Tree{Version: 1, Entries: entries}); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestHostileManifestsAreRefused(t *testing.T) {
+	ctx := context.Background()
+	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	r := openRepo(t, s, nil)
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "f"), []byte("payload"), 0o644)
+	good, err := r.Backup(ctx, BackupRequest{Dir: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, _ := r.ReadTree(ctx, good)
+	file := tree.Entries[1]
+	root := Entry{Path: ".", Kind: KindDir, Mode: 0o755}
+	outside := t.TempDir()
+	cases := map[string][]Entry{
+		"absolute":        {root, withPath(file, outside+"/pwned")},
+		"dotdot":          {root, withPath(file, "../pwned")},
+		"inner dotdot":    {root, {Path: "d", Kind: KindDir, Mode: 0o755}, withPath(file, "d/../../pwned")},
+		"through symlink": {root, {Path: "link", Kind: KindSymlink, Target: outside}, withPath(file, "link/pwned")},
+		"hardlink out":    {root, {Path: "h", Kind: KindHardlink, Target: "../../etc/passwd"}},
+		"missing chunk":   {root, {Path: "f", Kind: KindFile, Size: 3, Chunks: []ChunkID{{1, 2, 3}}}},
+	}
+	for name, entries := range cases {
+		m := writeHostile(t, r, entries)
+		dst := t.TempDir()
+		_, err := r.Restore(ctx, RestoreRequest{Snapshot: m.ID, Target: dst})
+		if err == nil {
+			t.Errorf("%s: restore accepted a hostile snapshot", name)
+		}
+		if _, err := os.Lstat(filepath.Join(outside, "pwned")); err == nil {
+			t.Fatalf("%s: a file was written outside the target", name)
+		}
+		if ents, _ := os.ReadDir(dst); len(ents) != 0 {
+			t.Errorf("%s: refused restore still wrote %d entries", name, len(ents))
+		}
+	}
+}
+
+func withPath(e Entry, p string) Entry {
+	e.Path = p
+	return e
+}
+
+func TestEncryptionFaults(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "store")
+	s, _ := storage.OpenFile(dir)
+	r := openRepo(t, s, []byte("the right key"))
+	src := t.TempDir()
+	secret := []byte("top secret plaintext that must never be stored in the clear")
+	os.WriteFile(filepath.Join(src, "f"), bytes.Repeat(secret, 1000), 0o600)
+	m, err := r.Backup(ctx, BackupRequest{Dir: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nothing in the store holds the plaintext.
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if b, _ := os.ReadFile(p); bytes.Contains(b, secret[:20]) {
+			t.Errorf("%s holds plaintext", p)
+		}
+		return nil
+	})
+	if _, err := Open(ctx, s, Options{Key: []byte("the wrong key")}); !errors.Is(err, ErrWrongKey) {
+		t.Errorf("wrong key: %v", err)
+	}
+	if _, err := Open(ctx, s, Options{}); err == nil || !strings.Contains(err.Error(), "is encrypted: give its key") {
+		t.Errorf("no key: %v", err)
+	}
+	packs, _ := filepath.Glob(filepath.Join(dir, "packs/*/*"))
+	if len(packs) != 1 {
+		t.Fatalf("%d packs", len(packs))
+	}
+	orig, _ := os.ReadFile(packs[0])
+	// A flipped byte inside a blob.
+	flipped := append([]byte(nil), orig...)
+	flipped[10] ^= 0x40
+	os.WriteFile(packs[0], flipped, 0o600)
+	_, err = r.Restore(ctx, RestoreRequest{Snapshot: m.ID, Target: t.TempDir()})
+	if !errors.Is(err, ErrCorrupt) {
+		t.Errorf("flipped byte: %v", err)
+	}
+	// A truncated pack.
+	os.WriteFile(packs[0], orig[:len(orig)/2], 0o600)
+	_, err = r.Restore(ctx, RestoreRequest{Snapshot: m.ID, Target: t.TempDir()})
+	if err == nil {
+		t.Error("truncated pack restored")
+	}
+	if _, err := r.ReadPackTrailer(ctx, filepath.Base(packs[0]), int64(len(orig)/2)); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("truncated pack trailer: %v", err)
+	}
+	os.WriteFile(packs[0], orig, 0o600)
+	refs, err := r.ReadPackTrailer(ctx, filepath.Base(packs[0]), int64(len(orig)))
+	if err != nil || len(refs) == 0 {
+		t.Fatalf("intact pack trailer: %v", err)
+	}
+}
+
+func TestChunkerCutsAreContentDefined(t *testing.T) {
+	p := ChunkerParams{Min: DefaultChunkMin, Avg: DefaultChunkAvg, Max: DefaultChunkMax}
+	data := randBytes(16 << 20)
+	cuts := func(b []byte) map[ChunkID]bool {
+		c := NewChunker(bytes.NewReader(b), p, nil)
+		out := map[ChunkID]bool{}
+		for {
+			ch, err := c.Next()
+			if err == io.EOF {
+				return out
+			}
+			if len(ch) < p.Min && len(out) > 0 {
+				// only the last chunk may be short
+			}
+			if len(ch) > p.Max {
+				t.Fatalf("chunk of %d bytes > max", len(ch))
+			}
+			out[hasher{}.sum(ch)] = true
+		}
+	}
+	a := cuts(data)
+	if n := len(a); n < 16 || n > 128 {
+		t.Fatalf("%d chunks for 16 MiB at avg 512 KiB", n)
+	}
+	// Insert 100 bytes near the start: almost every chunk is unchanged.
+	pos, _ := rand.Int(rand.Reader, big.NewInt(1<<20))
+	shifted := append(append(append([]byte(nil), data[:pos.Int64()]...), randBytes(100)...), data[pos.Int64():]...)
+	b := cuts(shifted)
+	same := 0
+	for id := range b {
+		if a[id] {
+			same++
+		}
+	}
+	if same < len(a)-3 {
+		t.Fatalf("after a 100-byte insert only %d of %d chunks are shared", same, len(a))
+	}
+}
