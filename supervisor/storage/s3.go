@@ -224,7 +224,24 @@ func (s *S3) get(ctx context.Context, key string, opts minio.GetObjectOptions) (
 		obj.Close()
 		return nil, s.mapErr(key, err)
 	}
-	return obj, nil
+	return s3Reader{Object: obj, s: s, key: key}, nil
+}
+
+// s3Reader maps errors of the body's reads like those of the request: an
+// object deleted between Stat and a later read (a prune rewriting the
+// index while a verify reads it) is ErrNotExist, not a raw S3 message.
+type s3Reader struct {
+	*minio.Object
+	s   *S3
+	key string
+}
+
+func (r s3Reader) Read(p []byte) (int, error) {
+	n, err := r.Object.Read(p)
+	if err != nil && err != io.EOF {
+		err = r.s.mapErr(r.key, err)
+	}
+	return n, err
 }
 
 func (s *S3) Stat(ctx context.Context, key string) (ObjectInfo, error) {
