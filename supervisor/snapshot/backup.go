@@ -204,11 +204,11 @@ func (w *chunkWorker) storeStream(ctx context.Context, rd io.Reader) ([]ChunkID,
 // error nothing is committed (uploaded packs become garbage for prune).
 func (r *Repository) Backup(ctx context.Context, req BackupRequest) (*Manifest, error) {
 	start := time.Now()
-	release, err := r.acquireBackupLease(ctx)
+	lease, err := r.backupLease(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	defer lease.release()
 	if err := r.LoadIndex(ctx); err != nil { // chunks other writers added since Open
 		return nil, err
 	}
@@ -269,6 +269,11 @@ func (r *Repository) Backup(ctx context.Context, req BackupRequest) (*Manifest, 
 	s.stats.ReadBytes = s.prog.bytes.Load()
 	s.stats.Duration = time.Since(start).Round(time.Millisecond).String()
 	m.Stats = s.stats
+	// A backup that lost its lease (a partition longer than the lease TTL)
+	// may reference packs a prune has deleted since: never commit it.
+	if err := lease.check(); err != nil {
+		return nil, err
+	}
 	if err := r.commit(ctx, m, tree); err != nil {
 		return nil, err
 	}
@@ -501,6 +506,7 @@ func (s *session) backupStream(ctx context.Context, w *chunkWorker, src StreamSo
 		errR.Close()
 		return st, fmt.Errorf("start %s: %w", src.Command[0], err)
 	}
+	stop := killOnCancel(ctx, cmd.Process.Pid, pr)
 	var stderr bytes.Buffer
 	stderrDone := make(chan struct{})
 	go func() { io.Copy(&tailWriter{buf: &stderr, max: 4096}, errR); errR.Close(); close(stderrDone) }()
@@ -510,7 +516,11 @@ func (s *session) backupStream(ctx context.Context, w *chunkWorker, src StreamSo
 	}
 	pr.Close()
 	code, waitErr := wait()
+	stop()
 	<-stderrDone
+	if ctx.Err() != nil {
+		return st, fmt.Errorf("stream %s: %w", src.Name, ctx.Err())
+	}
 	if readErr != nil {
 		return st, readErr
 	}
@@ -591,4 +601,24 @@ func readXattrs(p string) map[string][]byte {
 		return nil
 	}
 	return out
+}
+
+// killOnCancel kills the process group pgid and closes the pipes when ctx
+// ends before stop is called: a stream command that hangs (blocked on its
+// database, or never closing its output) must not hold a backup or a
+// restore past its deadline, and a read or write blocked on the pipe must
+// return.
+func killOnCancel(ctx context.Context, pgid int, pipes ...*os.File) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			syscall.Kill(-pgid, syscall.SIGKILL)
+			for _, f := range pipes {
+				f.Close()
+			}
+		case <-done:
+		}
+	}()
+	return func() { close(done) }
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -64,7 +65,20 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 	}
 	return parallel(ctx, r.conc, keys, func(ctx context.Context, key string) error {
 		idx, err := r.readIndex(ctx, key)
-		if err != nil {
+		switch {
+		case errors.Is(err, storage.ErrNotExist):
+			return nil // deleted since the listing: a prune rewrote the index
+		case errors.Is(err, ErrCorrupt):
+			// One damaged index object must not make the whole repository
+			// unreadable (restore of snapshots whose chunks are indexed
+			// elsewhere, verify, repair). Its chunks are simply unknown:
+			// a backup uploads them again; a restore that needs them
+			// fails naming the chunk. Verify reports the object.
+			if r.log != nil {
+				r.log.Warn("skipping a damaged index object; run lifeboat verify", "object", key, "error", err)
+			}
+			return nil
+		case err != nil:
 			return err
 		}
 		r.mu.Lock()

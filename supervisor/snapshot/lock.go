@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,11 +18,25 @@ import (
 // lease expires after it; a live one is refreshed every LeaseTTL/3.
 const LeaseTTL = 5 * time.Minute
 
+// leaseTTL is LeaseTTL, shortened by tests that wait for a killed writer's
+// lease to expire.
+var leaseTTL = LeaseTTL
+
 // Lease kinds.
 const (
 	LeaseBackup = "backup" // shared: any number of backups at once
-	LeasePrune  = "prune"  // exclusive against backups
+	LeasePrune  = "prune"  // exclusive against backups and other prunes
 )
+
+// ErrLocked means another writer holds a lease that excludes this
+// operation (a prune while backups run, a backup while a prune runs).
+// It is temporary: retry later.
+var ErrLocked = errors.New("repository is locked by another writer")
+
+// ErrLeaseLost means a writer could not refresh its lease for so long that
+// others may consider it expired: what it wrote may no longer be protected,
+// so it must not commit.
+var ErrLeaseLost = errors.New("lease lost: it could not be refreshed before it expired")
 
 // Lease is the content of a locks/KIND-ID object.
 type Lease struct {
@@ -29,100 +45,326 @@ type Lease struct {
 	Host    string    `json:"host"`
 	PID     int       `json:"pid"`
 	Created time.Time `json:"created"`
-	Expires time.Time `json:"expires"`
+	// Refreshed is when the writer last wrote the lease; Expires is
+	// Refreshed plus the writer's TTL.
+	Refreshed time.Time `json:"refreshed"`
+	Expires   time.Time `json:"expires"`
+
+	Key string `json:"-"` // the lease's object key
+}
+
+func (l Lease) String() string {
+	return fmt.Sprintf("%s lease of host %s pid %d (until %s)", l.Kind, l.Host, l.PID, l.Expires.Format(time.RFC3339))
 }
 
 // Leases lists the leases that have not expired.
+//
+// A lease counts as live while its Expires (the writer's clock) or its
+// object's modification time plus the writer's TTL (the store's clock) lies
+// in the future, so a writer whose clock runs behind is not declared dead
+// early.
+// An unreadable lease object counts as live until its modification time
+// says otherwise: when in doubt, a lease protects.
 func (r *Repository) Leases(ctx context.Context) ([]Lease, error) {
-	var keys []string
+	live, _, err := r.listLeases(ctx)
+	return live, err
+}
+
+// listLeases returns the live leases and the keys of the expired ones.
+func (r *Repository) listLeases(ctx context.Context) (live []Lease, expired []string, err error) {
+	var objs []storage.ObjectInfo
 	if err := r.store.List(ctx, locksPrefix, func(o storage.ObjectInfo) error {
-		keys = append(keys, o.Key)
+		objs = append(objs, o)
 		return nil
 	}); err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("list leases: %w", err)
 	}
-	var live []Lease
-	for _, k := range keys {
-		b, err := r.getAll(ctx, k, 1<<16)
-		if err != nil {
+	now := time.Now()
+	for _, o := range objs {
+		b, err := r.getAll(ctx, o.Key, 1<<16)
+		if errors.Is(err, storage.ErrNotExist) {
 			continue // released meanwhile
 		}
 		var l Lease
-		if json.Unmarshal(b, &l) == nil && time.Now().Before(l.Expires) {
+		if err != nil || json.Unmarshal(b, &l) != nil {
+			if now.Before(o.ModTime.Add(LeaseTTL)) {
+				kind, _, _ := strings.Cut(strings.TrimPrefix(o.Key, locksPrefix), "-")
+				live = append(live, Lease{Kind: kind, Host: "?", Expires: o.ModTime.Add(LeaseTTL), Key: o.Key})
+			} else {
+				expired = append(expired, o.Key)
+			}
+			continue
+		}
+		l.Key = o.Key
+		ttl := l.Expires.Sub(l.Refreshed)
+		if ttl <= 0 || ttl > LeaseTTL {
+			ttl = LeaseTTL
+		}
+		if now.Before(l.Expires) || now.Before(o.ModTime.Add(ttl)) {
 			live = append(live, l)
+		} else {
+			expired = append(expired, o.Key)
 		}
 	}
-	return live, nil
+	return live, expired, nil
+}
+
+// lease is a held lease, refreshed in the background until released.
+type lease struct {
+	r   *Repository
+	key string
+	ttl time.Duration
+
+	mu       sync.Mutex
+	lastGood time.Time // when the last write was started that succeeded
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
 }
 
 // takeLease writes a lease object and keeps it fresh until release.
-func (r *Repository) takeLease(ctx context.Context, kind string) (release func(), err error) {
+func (r *Repository) takeLease(ctx context.Context, kind string) (*lease, error) {
 	host, _ := os.Hostname()
+	ttl := leaseTTL
 	l := Lease{Kind: kind, ID: randomID(8), Host: host, PID: os.Getpid(), Created: time.Now().UTC()}
-	key := locksPrefix + kind + "-" + l.ID
+	h := &lease{r: r, key: locksPrefix + kind + "-" + l.ID, ttl: ttl, stop: make(chan struct{})}
 	write := func(ctx context.Context) error {
-		l.Expires = time.Now().Add(LeaseTTL).UTC()
+		started := time.Now()
+		l.Refreshed, l.Expires = started.UTC(), started.Add(ttl).UTC()
 		b, _ := json.Marshal(l)
-		return r.store.Put(ctx, key, bytes.NewReader(b), int64(len(b)))
+		if err := r.store.Put(ctx, h.key, bytes.NewReader(b), int64(len(b))); err != nil {
+			return err
+		}
+		h.mu.Lock()
+		h.lastGood = started
+		h.mu.Unlock()
+		return nil
 	}
 	if err := write(ctx); err != nil {
 		return nil, fmt.Errorf("take %s lease: %w", kind, err)
 	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
+	h.wg.Add(1)
 	go func() {
-		defer wg.Done()
-		t := time.NewTicker(LeaseTTL / 3)
+		defer h.wg.Done()
+		t := time.NewTicker(ttl / 3)
 		defer t.Stop()
 		for {
 			select {
 			case <-t.C:
-				if err := write(context.Background()); err != nil {
-					r.log.Warn("cannot refresh lease", "lease", key, "error", err)
+				// Bounded: a hung store must not hold up the next refresh.
+				wctx, cancel := context.WithTimeout(context.Background(), ttl/3)
+				err := write(wctx)
+				cancel()
+				if err != nil {
+					r.log.Warn("cannot refresh lease", "lease", h.key, "error", err)
 				}
-			case <-stop:
+			case <-h.stop:
 				return
 			}
 		}
 	}()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			close(stop)
-			wg.Wait()
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			r.store.Delete(ctx, key)
-		})
-	}, nil
+	return h, nil
 }
 
-// acquireBackupLease takes a shared backup lease, refusing while a prune
-// holds its exclusive one (prune deletes packs a backup might reuse).
-func (r *Repository) acquireBackupLease(ctx context.Context) (func(), error) {
-	leases, err := r.Leases(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("check leases: %w", err)
+// check fails with ErrLeaseLost when the lease may have expired in the
+// eyes of others: no refresh succeeded within the last ttl, less a margin
+// for the time the check result is acted on.
+func (h *lease) check() error {
+	h.mu.Lock()
+	last := h.lastGood
+	h.mu.Unlock()
+	if age := time.Since(last); age > h.ttl-h.ttl/6 {
+		return fmt.Errorf("%s: %w (last refreshed %s ago)", h.key, ErrLeaseLost, age.Round(time.Second))
 	}
-	for _, l := range leases {
-		if l.Kind == LeasePrune {
-			return nil, fmt.Errorf("a prune is running on %s (host %s, pid %d, until %s); retry later", r.store, l.Host, l.PID, l.Expires.Format(time.RFC3339))
+	return nil
+}
+
+// release stops refreshing and deletes the lease object. Safe to call
+// more than once.
+func (h *lease) release() {
+	h.once.Do(func() {
+		close(h.stop)
+		h.wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := h.r.store.Delete(ctx, h.key); err != nil {
+			h.r.log.Warn("cannot delete lease; it expires by itself", "lease", h.key, "error", err)
 		}
+	})
+}
+
+// acquireBackupLease takes a shared backup lease and returns its release
+// function; see backupLease.
+func (r *Repository) acquireBackupLease(ctx context.Context) (func(), error) {
+	h, err := r.backupLease(ctx)
+	if err != nil {
+		return nil, err
 	}
-	release, err := r.takeLease(ctx, LeaseBackup)
+	return h.release, nil
+}
+
+// backupLease takes a shared backup lease, refusing while a prune holds its
+// exclusive one (prune deletes packs a backup might reuse). Once it holds
+// the lease it drops the in-memory index when a prune has rewritten the
+// index since it was loaded, so the backup never deduplicates against a
+// chunk in a pack that is gone.
+func (r *Repository) backupLease(ctx context.Context) (*lease, error) {
+	if err := r.refuseIfPruning(ctx); err != nil {
+		return nil, err
+	}
+	h, err := r.takeLease(ctx, LeaseBackup)
 	if err != nil {
 		return nil, err
 	}
 	// A prune that started between the check and our lease sees ours and
 	// backs off, or we see its lease now: one of the two always yields.
-	if leases, err = r.Leases(ctx); err == nil {
-		for _, l := range leases {
-			if l.Kind == LeasePrune {
-				release()
-				return nil, fmt.Errorf("a prune started on %s; retry later", r.store)
-			}
+	if err := r.refuseIfPruning(ctx); err != nil {
+		h.release()
+		return nil, err
+	}
+	if err := r.dropStaleIndex(ctx); err != nil {
+		h.release()
+		return nil, err
+	}
+	return h, nil
+}
+
+func (r *Repository) refuseIfPruning(ctx context.Context) error {
+	leases, err := r.Leases(ctx)
+	if err != nil {
+		return fmt.Errorf("check leases: %w", err)
+	}
+	for _, l := range leases {
+		if l.Kind == LeasePrune {
+			return fmt.Errorf("%s: a prune is running (%s); retry later: %w", r.store, l, ErrLocked)
 		}
 	}
-	return release, nil
+	return nil
+}
+
+// pruneLease takes the exclusive prune lease: none while any backup or
+// other prune holds a live lease. Two prunes starting together both see
+// each other and both yield.
+func (r *Repository) pruneLease(ctx context.Context) (*lease, error) {
+	busy := func(self string) error {
+		leases, err := r.Leases(ctx)
+		if err != nil {
+			return fmt.Errorf("check leases: %w", err)
+		}
+		for _, l := range leases {
+			if l.Key != self {
+				return fmt.Errorf("%s: %s is live, prune deletes nothing while it runs; retry later: %w", r.store, l, ErrLocked)
+			}
+		}
+		return nil
+	}
+	if err := busy(""); err != nil {
+		return nil, err
+	}
+	h, err := r.takeLease(ctx, LeasePrune)
+	if err != nil {
+		return nil, err
+	}
+	if err := busy(h.key); err != nil {
+		h.release()
+		return nil, err
+	}
+	return h, nil
+}
+
+// dropStaleIndex reloads the in-memory index from scratch when an index
+// object it was loaded from is gone: a prune rewrote the index and may have
+// deleted packs whose chunks the stale entries still point to.
+func (r *Repository) dropStaleIndex(ctx context.Context) error {
+	present := map[string]bool{}
+	if err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
+		present[o.Key] = true
+		return nil
+	}); err != nil {
+		return fmt.Errorf("list index: %w", err)
+	}
+	r.mu.RLock()
+	stale := false
+	for k := range r.indexes {
+		if !present[k] {
+			stale = true
+			break
+		}
+	}
+	r.mu.RUnlock()
+	if !stale {
+		return nil
+	}
+	r.log.Info("index was rewritten by a prune; reloading it")
+	return r.reloadIndex(ctx)
+}
+
+// reloadIndex replaces the in-memory index with what the index objects in
+// the store say now. The new index is built aside and swapped in, so
+// lookups never see a half-loaded one.
+func (r *Repository) reloadIndex(ctx context.Context) error {
+	idx, err := r.readIndexes(ctx)
+	if err != nil {
+		return err
+	}
+	fresh := &Repository{index: map[ChunkID]BlobRef{}}
+	loaded := map[string]bool{}
+	for key, f := range idx {
+		fresh.addIndex(f)
+		loaded[key] = true
+	}
+	r.mu.Lock()
+	r.index, r.indexes = fresh.index, loaded
+	r.mu.Unlock()
+	return nil
+}
+
+// readIndexes reads every index object in the store; the first that cannot
+// be read fails it (callers that must report every bad one use
+// readIndexesTolerant).
+func (r *Repository) readIndexes(ctx context.Context) (map[string]*indexFile, error) {
+	idx, bad, err := r.readIndexesTolerant(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for key, e := range bad {
+		return nil, fmt.Errorf("index %s: %w", key, e)
+	}
+	return idx, nil
+}
+
+// readIndexesTolerant reads every index object, returning the good ones
+// and the error of each bad one. err is for failures to list.
+func (r *Repository) readIndexesTolerant(ctx context.Context) (good map[string]*indexFile, bad map[string]error, err error) {
+	var keys []string
+	if err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
+		keys = append(keys, o.Key)
+		return nil
+	}); err != nil {
+		return nil, nil, fmt.Errorf("list index: %w", err)
+	}
+	good, bad = map[string]*indexFile{}, map[string]error{}
+	var mu sync.Mutex
+	err = parallel(ctx, r.conc, keys, func(ctx context.Context, key string) error {
+		f, err := r.readIndex(ctx, key)
+		mu.Lock()
+		defer mu.Unlock()
+		if errors.Is(err, storage.ErrNotExist) {
+			return nil // deleted since the listing (a prune rewrote it)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			bad[key] = err
+			return nil
+		}
+		good[key] = f
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return good, bad, nil
 }

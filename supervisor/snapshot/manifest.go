@@ -104,6 +104,13 @@ func manifestKey(t time.Time, id string) string {
 // Manifests that fail to decode are skipped with a warning (verify reports
 // them), so one bad object never hides the others.
 func (r *Repository) Snapshots(ctx context.Context) ([]*Manifest, error) {
+	return r.listManifests(ctx, false)
+}
+
+// listManifests reads every manifest, oldest first. strict makes one that
+// cannot be read an error (prune must not decide on a partial list);
+// otherwise it is skipped with a warning.
+func (r *Repository) listManifests(ctx context.Context, strict bool) ([]*Manifest, error) {
 	var keys []string
 	if err := r.store.List(ctx, snapshotsPrefix, func(o storage.ObjectInfo) error {
 		keys = append(keys, o.Key)
@@ -114,7 +121,10 @@ func (r *Repository) Snapshots(ctx context.Context) ([]*Manifest, error) {
 	out := make([]*Manifest, len(keys))
 	err := parallel(ctx, r.conc, indices(len(keys)), func(ctx context.Context, i int) error {
 		m, err := r.readManifest(ctx, keys[i])
-		if err != nil {
+		switch {
+		case err != nil && strict:
+			return fmt.Errorf("snapshot manifest %s: %w", keys[i], err)
+		case err != nil:
 			r.log.Warn("unreadable snapshot manifest skipped", "key", keys[i], "error", err)
 			return nil
 		}

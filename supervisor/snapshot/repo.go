@@ -142,6 +142,9 @@ type Repository struct {
 
 	zenc *zstd.Encoder
 	zdec *zstd.Decoder
+	// blobDec decodes chunks; its output is capped at the destination's
+	// capacity (the chunk's size from the index).
+	blobDec *zstd.Decoder
 
 	mu      sync.RWMutex
 	index   map[ChunkID]BlobRef
@@ -167,6 +170,9 @@ func Open(ctx context.Context, store storage.Store, opts Options) (*Repository, 
 		return nil, err
 	}
 	if r.zdec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<30)); err != nil {
+		return nil, err
+	}
+	if r.blobDec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecodeAllCapLimit(true)); err != nil {
 		return nil, err
 	}
 	cfg, err := readConfig(ctx, store)
@@ -374,4 +380,12 @@ func parallel[T any](ctx context.Context, n int, items []T, fn func(context.Cont
 		g.Go(func() error { return fn(ctx, it) })
 	}
 	return g.Wait()
+}
+
+// maxBlob is the largest chunk this repository's chunker can cut.
+func (r *Repository) maxBlob() int {
+	if r.cfg.Chunker.Max > 0 {
+		return r.cfg.Chunker.Max
+	}
+	return 1 << 24
 }

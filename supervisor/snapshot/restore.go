@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -274,8 +274,44 @@ func finishMarkers(target string, m *Manifest) error {
 
 // target is one place a chunk's bytes go.
 type target struct {
-	file string // absolute path
+	file *outFile
 	off  int64
+}
+
+// outFile is a regular file being restored. The download worker that
+// writes its first chunk creates it (creating ten thousand files one after
+// another before any download started was most of a restore's time); it
+// stays open for its other chunks and is closed after its last.
+type outFile struct {
+	path      string
+	size      int64
+	once      sync.Once
+	f         *os.File
+	err       error
+	remaining atomic.Int64 // chunk writes still to come
+}
+
+// open creates the file (exclusively, never through a symlink) and sizes
+// it, so all-zero chunks that are skipped become holes.
+func (o *outFile) open() (*os.File, error) {
+	o.once.Do(func() {
+		f, err := os.OpenFile(o.path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
+		if err == nil && o.size > 0 {
+			if err = f.Truncate(o.size); err != nil {
+				f.Close()
+			}
+		}
+		o.f, o.err = f, err
+	})
+	return o.f, o.err
+}
+
+// done counts one chunk written and closes the file after the last.
+func (o *outFile) done() error {
+	if o.remaining.Add(-1) > 0 {
+		return nil
+	}
+	return o.f.Close()
 }
 
 // fetch is one blob to download and the places it goes.
@@ -313,8 +349,17 @@ func (r *Repository) restoreTree(ctx context.Context, req RestoreRequest, m *Man
 		return fmt.Errorf("mark restore in progress: %w", err)
 	}
 
-	// Directories and empty files first, then every chunk where it goes.
+	// Directories first; files are created by the download workers as
+	// their first chunk arrives (files without chunks afterwards).
 	byPack := map[string]map[ChunkID]*fetch{}
+	var files []*outFile
+	defer func() {
+		for _, o := range files { // on error: close what is still open
+			if o.remaining.Load() > 0 && o.f != nil {
+				o.f.Close()
+			}
+		}
+	}()
 	for _, e := range t.Entries {
 		abs := filepath.Join(root, filepath.FromSlash(e.Path))
 		switch e.Kind {
@@ -325,15 +370,9 @@ func (r *Repository) restoreTree(ctx context.Context, req RestoreRequest, m *Man
 				}
 			}
 		case KindFile:
-			f, err := os.OpenFile(abs, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
-			if err != nil {
-				return err
-			}
-			err = f.Truncate(e.Size) // holes where all-zero chunks are skipped
-			f.Close()
-			if err != nil {
-				return err
-			}
+			out := &outFile{path: abs, size: e.Size}
+			out.remaining.Store(int64(len(e.Chunks)))
+			files = append(files, out)
 			res.Files++
 			res.Bytes += e.Size
 			prog.totalFiles.Add(1)
@@ -349,12 +388,28 @@ func (r *Repository) restoreTree(ctx context.Context, req RestoreRequest, m *Man
 					fe = &fetch{ref: ref, id: id}
 					byPack[ref.Pack][id] = fe
 				}
-				fe.targets = append(fe.targets, target{file: abs, off: off})
+				fe.targets = append(fe.targets, target{file: out, off: off})
 				off += int64(ref.Raw)
 			}
 		}
 	}
 	if err := r.downloadPacks(ctx, byPack, prog); err != nil {
+		return err
+	}
+	// Files without chunks (empty ones).
+	var unopened []*outFile
+	for _, o := range files {
+		if o.f == nil && o.err == nil {
+			unopened = append(unopened, o)
+		}
+	}
+	if err := parallel(ctx, r.conc, unopened, func(_ context.Context, o *outFile) error {
+		f, err := o.open()
+		if err != nil {
+			return err
+		}
+		return f.Close()
+	}); err != nil {
 		return err
 	}
 	// Links after the data, symlinks last: nothing is ever written through
@@ -455,23 +510,28 @@ func (r *Repository) downloadPacks(ctx context.Context, byPack map[string]map[Ch
 	}
 	// Big spans first: better overlap of the long downloads.
 	sort.Slice(spans, func(i, j int) bool { return spans[i].end-spans[i].off > spans[j].end-spans[j].off })
-	var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+	// Each worker reads a span into a buffer of exactly its length (a
+	// growing buffer spent a tenth of the restore zeroing memory).
+	var bufPool = sync.Pool{New: func() any { return new([]byte) }}
 	return parallel(ctx, r.conc, spans, func(ctx context.Context, sp span) error {
 		rc, err := r.store.GetRange(ctx, packKey(sp.pack), sp.off, sp.end-sp.off)
 		if err != nil {
 			return fmt.Errorf("download pack %s: %w", sp.pack, err)
 		}
-		buf := bufPool.Get().(*bytes.Buffer)
-		defer bufPool.Put(buf)
-		buf.Reset()
-		_, err = buf.ReadFrom(rc)
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		want := int(sp.end - sp.off)
+		if cap(*bp) < want {
+			*bp = make([]byte, want)
+		}
+		data := (*bp)[:want]
+		n, err := io.ReadFull(rc, data)
 		rc.Close()
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return fmt.Errorf("pack %s: %w: short read (%d of %d bytes)", sp.pack, ErrCorrupt, n, want)
+		}
 		if err != nil {
 			return fmt.Errorf("download pack %s: %w", sp.pack, err)
-		}
-		data := buf.Bytes()
-		if int64(len(data)) != sp.end-sp.off {
-			return fmt.Errorf("pack %s: %w: short read (%d of %d bytes)", sp.pack, ErrCorrupt, len(data), sp.end-sp.off)
 		}
 		prog.stored.Add(int64(len(data)))
 		var dbuf []byte
@@ -483,10 +543,17 @@ func (r *Repository) downloadPacks(ctx context.Context, byPack map[string]map[Ch
 			}
 			zero := allZero(plain)
 			for _, tg := range f.targets {
+				fh, err := tg.file.open()
+				if err != nil {
+					return err
+				}
 				if !zero {
-					if err := writeAt(tg.file, plain, tg.off); err != nil {
+					if _, err := fh.WriteAt(plain, tg.off); err != nil {
 						return err
 					}
+				}
+				if err := tg.file.done(); err != nil {
+					return err
 				}
 				prog.bytes.Add(int64(len(plain)))
 			}
@@ -506,8 +573,18 @@ func (r *Repository) openBlob(buf *[]byte, id ChunkID, ref BlobRef, stored []byt
 		}
 	}
 	plain := stored
+	if ref.Raw < 0 || ref.Raw > r.maxBlob() {
+		return nil, fmt.Errorf("chunk %s in pack %s: %w: size %d is outside the repository's chunk limit", id, ref.Pack, ErrCorrupt, ref.Raw)
+	}
 	if ref.Flags&blobFlagZstd != 0 {
-		if plain, err = r.zdec.DecodeAll(stored, (*buf)[:0]); err != nil {
+		// The blob decoder stops at cap(dst) = the chunk's own size, so a
+		// tampered blob that would inflate to far more cannot make restore
+		// or verify allocate more than one chunk.
+		dst := (*buf)[:0]
+		if cap(dst) < ref.Raw {
+			dst = make([]byte, 0, ref.Raw)
+		}
+		if plain, err = r.blobDec.DecodeAll(stored, dst); err != nil {
 			return nil, fmt.Errorf("chunk %s in pack %s: %w: %v", id, ref.Pack, ErrCorrupt, err)
 		}
 		*buf = plain
@@ -531,18 +608,6 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
-}
-
-func writeAt(file string, data []byte, off int64) error {
-	f, err := os.OpenFile(file, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteAt(data, off)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // ReadChunks streams the chunks in order into w, verifying each.
@@ -594,15 +659,21 @@ func (r *Repository) restoreStream(ctx context.Context, st StreamEntry, sink Str
 	cmd.Env = append(os.Environ(), sink.Env...)
 	cmd.Dir = sink.Dir
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = pr, os.Stderr, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	wait, err := r.starter.Start(cmd)
 	pr.Close()
 	if err != nil {
 		pw.Close()
 		return fmt.Errorf("start %s: %w", sink.Command[0], err)
 	}
+	stop := killOnCancel(ctx, cmd.Process.Pid, pw)
 	werr := r.ReadChunks(ctx, st.Chunks, pw, prog)
 	pw.Close()
 	code, err := wait()
+	stop()
+	if ctx.Err() != nil {
+		return fmt.Errorf("stream %s: %w", st.Name, ctx.Err())
+	}
 	if werr != nil {
 		return werr
 	}
