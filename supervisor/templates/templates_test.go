@@ -79,6 +79,7 @@ type env struct {
 	vault     *vault.Client
 	vaultRoot *vaultapi.Client
 	v         *testrig.Vault
+	c         *testrig.Consul
 	logs      *syncBuffer
 	log       *slog.Logger
 	reg       *prometheus.Registry
@@ -88,7 +89,7 @@ type env struct {
 func setup(t *testing.T) *env {
 	c := testrig.StartConsul(t)
 	v := testrig.StartVault(t)
-	e := &env{v: v, logs: &syncBuffer{}, reg: prometheus.NewRegistry()}
+	e := &env{v: v, c: c, logs: &syncBuffer{}, reg: prometheus.NewRegistry()}
 	e.log = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var err error
 	e.consul, err = consul.NewClient(consul.Options{Address: c.HTTPAddr})
@@ -383,5 +384,366 @@ func TestVaultFrozenKeepsLastValues(t *testing.T) {
 		if strings.Contains(string(st)+e.logs.String(), s) {
 			t.Errorf("status or logs hold secret value %q", s)
 		}
+	}
+}
+
+// TestDynamicSecretLease: a dynamic database credential from Vault's real
+// database engine (against a real MariaDB) keeps its lease renewed while
+// it can, and is read again — new credentials rendered — before the lease
+// reaches its max TTL.
+// databaseEngine starts MariaDB and mounts Vault's database engine with a
+// role "app" whose credentials have the given TTLs.
+func databaseEngine(t *testing.T, e *env, ttl, maxTTL time.Duration) *testrig.MariaDB {
+	db := testrig.StartMariaDB(t, testrig.MariaDBOptions{})
+	db.Exec(t, "CREATE USER 'vault'@'127.0.0.1' IDENTIFIED BY 'vault-admin-pw'; GRANT ALL PRIVILEGES ON *.* TO 'vault'@'127.0.0.1' WITH GRANT OPTION")
+	if err := e.vaultRoot.Sys().Mount("database", &vaultapi.MountInput{Type: "database"}); err != nil {
+		t.Fatal(err)
+	}
+	e.writeSecret(t, "database/config/mariadb", map[string]any{
+		"plugin_name":    "mysql-database-plugin",
+		"connection_url": fmt.Sprintf("{{username}}:{{password}}@tcp(127.0.0.1:%d)/", db.Port),
+		"username":       "vault", "password": "vault-admin-pw", "allowed_roles": "app",
+	})
+	e.writeSecret(t, "database/roles/app", map[string]any{
+		"db_name":             "mariadb",
+		"creation_statements": "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'; GRANT SELECT ON *.* TO '{{name}}'@'%';",
+		"default_ttl":         ttl.String(), "max_ttl": maxTTL.String(),
+	})
+	return db
+}
+
+func dbUserExists(t *testing.T, db *testrig.MariaDB, user string) bool {
+	return db.Exec(t, "SELECT COUNT(*) FROM mysql.user WHERE user='"+user+"'") == "1"
+}
+
+func TestDynamicSecretLease(t *testing.T) {
+	e := setup(t)
+	const ttl, maxTTL = 3 * time.Second, 6 * time.Second
+	db := databaseEngine(t, e, ttl, maxTTL)
+	dest := filepath.Join(t.TempDir(), "db.conf")
+	m := e.manager(t, templates.Options{
+		Templates: []templates.Template{{Name: "db", Destination: dest,
+			Contents: `{{with secret "database/creds/app"}}{{.username}} {{.password}}{{end}}`}},
+	})
+	if err := m.RenderFirst(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	readAt := time.Now()
+	first := strings.Fields(readFile(dest))
+	if len(first) != 2 {
+		t.Fatalf("rendered %d fields, want username and password", len(first))
+	}
+	e.secrets = append(e.secrets, first[1])
+	if got := db.Exec(t, "SELECT COUNT(*) FROM mysql.user WHERE user='"+first[0]+"'"); got != "1" {
+		t.Fatalf("the rendered user does not exist in MariaDB (count %s)", got)
+	}
+	run(t, m)
+
+	// Past the default TTL the same credentials stay rendered: the
+	// lease was renewed, not the secret read again.
+	renewals := func() float64 {
+		mfs, _ := e.reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "lifeboat_vault_lease_renewals_total" {
+				return mf.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		return 0
+	}
+	eventually(t, 2*ttl, "two lease renewals and the first TTL over", func() bool {
+		return renewals() >= 2 && time.Since(readAt) > ttl+100*time.Millisecond
+	})
+	if got := strings.Fields(readFile(dest)); got[0] != first[0] {
+		t.Fatalf("credentials replaced after %s although the lease was renewable", time.Since(readAt))
+	}
+	// Before the max TTL ends, new credentials are in the file.
+	eventually(t, maxTTL+2*time.Second, "new credentials", func() bool {
+		f := strings.Fields(readFile(dest))
+		return len(f) == 2 && f[0] != first[0]
+	})
+	d := time.Since(readAt)
+	t.Logf("new credentials rendered %s after the first read (max TTL %s)", d.Round(time.Millisecond), maxTTL)
+	if d >= maxTTL {
+		t.Errorf("new credentials rendered %s after the first read; the lease ended at %s\n%s", d, maxTTL, e.logs.String())
+	}
+	second := strings.Fields(readFile(dest))
+	e.secrets = append(e.secrets, second[1])
+	if got := db.Exec(t, "SELECT COUNT(*) FROM mysql.user WHERE user='"+second[0]+"'"); got != "1" {
+		t.Errorf("the new user does not exist in MariaDB (count %s)", got)
+	}
+	for _, s := range e.secrets {
+		if strings.Contains(e.logs.String(), s) {
+			t.Errorf("logs hold a secret value (%d chars)", len(s))
+		}
+	}
+}
+
+// TestFunctionsOwnersAndActions: service lists healthy instances only and
+// follows health changes; leader follows Notify; env reads lifeboat's
+// environment; files get the asked owner; on_change command and restart
+// run once per change.
+func TestFunctionsOwnersAndActions(t *testing.T) {
+	e := setup(t)
+	dir := t.TempDir()
+	agent := e.consul.Agent()
+	for _, s := range []struct {
+		id, status string
+		tags       []string
+	}{{"web-1", consulapi.HealthPassing, []string{"primary"}}, {"web-2", consulapi.HealthCritical, nil}} {
+		if err := agent.ServiceRegister(&consulapi.AgentServiceRegistration{ID: s.id, Name: "web", Address: "10.0.0." + s.id[4:], Port: 8080, Tags: s.tags,
+			Check: &consulapi.AgentServiceCheck{TTL: "1m", Status: s.status}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("LIFEBOAT_TEST_REGION", "eu-west")
+	var leaderMu sync.Mutex
+	leader := "10.0.0.1:3306"
+	app := &recorder{}
+	marker := filepath.Join(dir, "marker")
+	svcDest, ownDest, leaderDest := filepath.Join(dir, "svc.conf"), filepath.Join(dir, "owned.conf"), filepath.Join(dir, "leader.conf")
+	m := e.manager(t, templates.Options{
+		App: app,
+		Leader: func() string {
+			leaderMu.Lock()
+			defer leaderMu.Unlock()
+			return leader
+		},
+		DefaultUser: "65534",
+		Templates: []templates.Template{
+			{Name: "svc", Destination: svcDest,
+				Contents: `{{range service "web"}}{{.ID}}={{.Address}}:{{.Port}};{{end}} primary={{range service "web" "primary"}}{{.ID}}{{end}}`,
+				OnChange: templates.Action{Kind: templates.ActionCommand, Command: []string{"/bin/sh", "-c", `echo "$LIFEBOAT_TEMPLATE_NAME $LIFEBOAT_TEMPLATE" >> ` + marker}}},
+			{Name: "owned", Destination: ownDest, Contents: `region={{env "LIFEBOAT_TEST_REGION"}}`, User: "65533", Group: "65532"},
+			{Name: "leader", Destination: leaderDest, Contents: `leader={{leader}} {{"a,b" | split "," | join "+"}}`,
+				OnChange: templates.Action{Kind: templates.ActionRestart}},
+		},
+	})
+	if err := m.RenderFirst(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(svcDest); got != "web-1=10.0.0.1:8080; primary=web-1" {
+		t.Fatalf("service: only healthy instances, got %q", got)
+	}
+	if got := readFile(ownDest); got != "region=eu-west" {
+		t.Errorf("env function: %q", got)
+	}
+	if got := readFile(leaderDest); got != "leader=10.0.0.1:3306 a+b" {
+		t.Errorf("leader function: %q", got)
+	}
+	owner := func(p string) (uint32, uint32) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return st.Uid, st.Gid
+	}
+	if uid, gid := owner(ownDest); uid != 65533 || gid != 65532 {
+		t.Errorf("owned.conf owner %d:%d, want 65533:65532", uid, gid)
+	}
+	if uid, gid := owner(svcDest); uid != 65534 || gid != 65534 {
+		t.Errorf("svc.conf owner %d:%d, want the app's user 65534:65534", uid, gid)
+	}
+	run(t, m)
+
+	// web-2 turns healthy: re-rendered, the command runs once.
+	if err := agent.UpdateTTL("service:web-2", "", consulapi.HealthPassing); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "web-2 in the file", func() bool {
+		return readFile(svcDest) == "web-1=10.0.0.1:8080;web-2=10.0.0.2:8080; primary=web-1"
+	})
+	eventually(t, 2*time.Second, "the on_change command", func() bool { return readFile(marker) != "" })
+	if got := readFile(marker); got != "svc "+svcDest+"\n" {
+		t.Errorf("on_change command ran with %q, want once with the template's name and destination", got)
+	}
+
+	// A new leader: Notify re-renders, restart runs once.
+	leaderMu.Lock()
+	leader = "10.0.0.2:3306"
+	leaderMu.Unlock()
+	m.Notify()
+	eventually(t, 2*time.Second, "the new leader", func() bool { return readFile(leaderDest) == "leader=10.0.0.2:3306 a+b" })
+	eventually(t, time.Second, "the restart", func() bool { return app.count() == 1 })
+	app.mu.Lock()
+	restarts, signals := app.restarts, len(app.signals)
+	app.mu.Unlock()
+	if restarts != 1 || signals != 0 {
+		t.Errorf("app got %d restarts and %d signals; want 1 and 0", restarts, signals)
+	}
+	if got := readFile(marker); got != "svc "+svcDest+"\n" {
+		t.Errorf("the svc command ran again though svc.conf did not change: %q", got)
+	}
+}
+
+// TestConsulDownKeepsLastFile: the Consul agent stops mid-run; the file
+// keeps its last content, status and metrics say Consul is down, and when
+// an agent is back the new value is rendered.
+func TestConsulDownKeepsLastFile(t *testing.T) {
+	e := setup(t)
+	e.put(t, "down/k", "one")
+	dest := filepath.Join(t.TempDir(), "down.conf")
+	m := e.manager(t, templates.Options{
+		Templates: []templates.Template{{Name: "down", Destination: dest, Contents: `{{key "down/k"}}`}},
+	})
+	if err := m.RenderFirst(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	run(t, m)
+	metric := func(name string) float64 {
+		mfs, _ := e.reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == name {
+				if g := mf.GetMetric()[0].GetGauge(); g != nil {
+					return g.GetValue()
+				}
+				return mf.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		return -1
+	}
+	if metric("lifeboat_consul_up") != 1 {
+		t.Fatalf("lifeboat_consul_up %v before the outage, want 1", metric("lifeboat_consul_up"))
+	}
+	e.c.Stop()
+	eventually(t, 5*time.Second, "status to report consul down", func() bool {
+		st := m.Status()
+		return !st.Healthy && len(st.Sources) == 1 && st.Sources[0].LastError != ""
+	})
+	if metric("lifeboat_consul_up") != 0 || metric("lifeboat_consul_watch_errors_total") < 1 {
+		t.Errorf("metrics during the outage: up %v, errors %v", metric("lifeboat_consul_up"), metric("lifeboat_consul_watch_errors_total"))
+	}
+	if got := readFile(dest); got != "one" {
+		t.Fatalf("file changed during the outage: %q", got)
+	}
+	if st := m.Status().Templates[0]; st.LastError != "" || !st.Rendered {
+		t.Errorf("template status during the outage: %+v", st)
+	}
+	e.c.Start(t) // a fresh dev agent on the same address
+	e.put(t, "down/k", "two")
+	eventually(t, 5*time.Second, "the value from the agent that came back", func() bool { return readFile(dest) == "two" })
+	eventually(t, 2*time.Second, "status healthy again", func() bool { return m.Status().Healthy })
+	if metric("lifeboat_consul_up") != 1 {
+		t.Errorf("lifeboat_consul_up %v after recovery", metric("lifeboat_consul_up"))
+	}
+}
+
+// TestSourcePermsAndAtomicWrites: a template read from a source file,
+// written with the asked mode, leaving no temp file behind; bad sources
+// and Consul functions without Consul are errors naming the template.
+func TestSourcePermsAndAtomicWrites(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "app.tmpl")
+	os.WriteFile(src, []byte(`mode={{env "LIFEBOAT_TEST_MODE"}}`), 0o644)
+	t.Setenv("LIFEBOAT_TEST_MODE", "one")
+	dest := filepath.Join(dir, "out", "app.conf")
+	m, err := templates.New(templates.Options{Templates: []templates.Template{{Source: src, Destination: dest, Perms: 0o640}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.RenderFirst(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(dest); got != "mode=one" {
+		t.Fatalf("rendered %q", got)
+	}
+	fi, _ := os.Stat(dest)
+	if fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640", fi.Mode().Perm())
+	}
+	entries, _ := os.ReadDir(filepath.Dir(dest))
+	if len(entries) != 1 {
+		t.Errorf("destination directory holds %d entries, want only the file (no temp files)", len(entries))
+	}
+	if st := m.Status(); len(st.Templates) != 1 || st.Templates[0].Name != dest || !st.Templates[0].Rendered {
+		t.Errorf("status: %+v (name defaults to the destination)", st.Templates)
+	}
+
+	// Unparsable and missing sources are errors naming the template.
+	os.WriteFile(src, []byte(`{{ key "x" `), 0o644)
+	if _, err := templates.New(templates.Options{Templates: []templates.Template{{Name: "bad", Source: src, Destination: dest}}}); err == nil || !strings.Contains(err.Error(), `template "bad"`) {
+		t.Errorf("bad template: %v", err)
+	}
+	if _, err := templates.New(templates.Options{Templates: []templates.Template{{Name: "gone", Source: filepath.Join(dir, "nope"), Destination: dest}}}); err == nil || !strings.Contains(err.Error(), `template "gone": reading source`) {
+		t.Errorf("missing source: %v", err)
+	}
+	// Consul functions without a Consul client: named, not a panic.
+	m2, err := templates.New(templates.Options{FirstRenderTimeout: 200 * time.Millisecond,
+		Templates: []templates.Template{{Name: "noconsul", Contents: `{{key "a"}}`, Destination: filepath.Join(dir, "n.conf")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	if err := m2.RenderFirst(context.Background()); err == nil || !strings.Contains(err.Error(), "no consul block is configured") {
+		t.Errorf("key without consul: %v", err)
+	}
+}
+
+// TestLeasesFollowRelogin: Vault revokes a token's leases when the token
+// ends. When lifeboat's AppRole token reaches its max TTL and lifeboat
+// logs in again, dynamic credentials read with the old token are read
+// again with the new one and rendered before the old token (and with it
+// the old database user) is gone.
+func TestLeasesFollowRelogin(t *testing.T) {
+	e := setup(t)
+	db := databaseEngine(t, e, 30*time.Second, time.Minute)
+	if err := e.vaultRoot.Sys().EnableAuthWithOptions("approle", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.vaultRoot.Sys().PutPolicy("db", `path "database/creds/app" { capabilities = ["read"] }`); err != nil {
+		t.Fatal(err)
+	}
+	e.writeSecret(t, "auth/approle/role/app", map[string]any{"token_policies": "db", "token_ttl": "2s", "token_max_ttl": "4s"})
+	rid, err := e.vaultRoot.Logical().Read("auth/approle/role/app/role-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := e.vaultRoot.Logical().Write("auth/approle/role/app/secret-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	roleFile, secretFile := filepath.Join(dir, "role_id"), filepath.Join(dir, "secret_id")
+	os.WriteFile(roleFile, []byte(rid.Data["role_id"].(string)), 0o600)
+	os.WriteFile(secretFile, []byte(sid.Data["secret_id"].(string)), 0o600)
+	vc, err := vault.New(context.Background(), vault.Options{Address: e.v.Addr, Logger: e.log,
+		Auth:    vault.Auth{Method: vault.MethodAppRole, RoleIDFile: roleFile, SecretIDFile: secretFile},
+		Timeout: 2 * time.Second, RetryInitial: 50 * time.Millisecond, RetryMax: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); vc.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	dest := filepath.Join(dir, "db.conf")
+	m, err := templates.New(templates.Options{Vault: vc, Logger: e.log, FirstRenderTimeout: 10 * time.Second,
+		RetryInitial: 50 * time.Millisecond, RetryMax: 300 * time.Millisecond,
+		Templates: []templates.Template{{Name: "db", Destination: dest,
+			Contents: `{{with secret "database/creds/app"}}{{.username}} {{.password}}{{end}}`}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	if err := m.RenderFirst(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	run(t, m)
+	first := strings.Fields(readFile(dest))[0]
+	if !dbUserExists(t, db, first) {
+		t.Fatal("the rendered user does not exist")
+	}
+	eventually(t, 8*time.Second, "a re-login at the token's 4s max TTL", func() bool { return vc.Status().Logins >= 2 })
+	eventually(t, 3*time.Second, "new credentials read with the new token", func() bool {
+		f := strings.Fields(readFile(dest))
+		return len(f) == 2 && f[0] != first
+	})
+	// The old token's end takes its lease with it: the old user is dropped
+	// (what made re-reading necessary), the rendered one works.
+	eventually(t, 5*time.Second, "the old user revoked with the old token", func() bool { return !dbUserExists(t, db, first) })
+	if now := strings.Fields(readFile(dest))[0]; !dbUserExists(t, db, now) {
+		t.Errorf("the rendered user %s does not exist in MariaDB", now)
 	}
 }

@@ -30,7 +30,7 @@ func (c *Client) login(ctx context.Context) error {
 	case MethodJWT:
 		sec, err = c.loginJWT(ctx)
 	default:
-		return fmt.Errorf("vault: unknown auth method %q (want token, approle, kubernetes or jwt)", a.Method)
+		return configErrorf("vault: unknown auth method %q (want token, approle, kubernetes or jwt)", a.Method)
 	}
 	if err == nil && (sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "") {
 		err = fmt.Errorf("vault: %s login returned no token", a.Method)
@@ -44,6 +44,10 @@ func (c *Client) login(ctx context.Context) error {
 	}
 	c.mu.Lock()
 	c.auth = sec
+	if c.relogin != nil {
+		close(c.relogin)
+	}
+	c.relogin = make(chan struct{})
 	c.status.Logins++
 	c.status.LoggedInAt = time.Now()
 	c.status.TokenExpiry = time.Time{}
@@ -68,7 +72,7 @@ func (c *Client) loginToken(ctx context.Context) (*api.Secret, error) {
 		c.api.SetToken(tok)
 	}
 	if c.api.Token() == "" {
-		return nil, fmt.Errorf("vault: no token: set vault.auth.token_file or VAULT_TOKEN, or choose another auth method")
+		return nil, configErrorf("vault: no token: set vault.auth.token_file or VAULT_TOKEN, or choose another auth method")
 	}
 	look, err := c.api.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
@@ -86,7 +90,7 @@ func (c *Client) loginToken(ctx context.Context) (*api.Secret, error) {
 func (c *Client) loginAppRole(ctx context.Context) (*api.Secret, error) {
 	a := c.opts.Auth
 	if a.RoleIDFile == "" || a.SecretIDFile == "" {
-		return nil, fmt.Errorf("vault: approle auth needs role_id_file and secret_id_file")
+		return nil, configErrorf("vault: approle auth needs role_id_file and secret_id_file")
 	}
 	roleID, err := readFileTrim("role_id_file", a.RoleIDFile)
 	if err != nil {
@@ -116,7 +120,7 @@ func (c *Client) loginAppRole(ctx context.Context) (*api.Secret, error) {
 func (c *Client) loginKubernetes(ctx context.Context) (*api.Secret, error) {
 	a := c.opts.Auth
 	if a.Role == "" {
-		return nil, fmt.Errorf("vault: kubernetes auth needs role")
+		return nil, configErrorf("vault: kubernetes auth needs role")
 	}
 	jwtFile := orDefault(a.JWTFile, DefaultKubernetesJWTFile)
 	opts := []kubernetes.LoginOption{kubernetes.WithServiceAccountTokenPath(jwtFile)}
@@ -139,7 +143,7 @@ func (c *Client) loginKubernetes(ctx context.Context) (*api.Secret, error) {
 func (c *Client) loginJWT(ctx context.Context) (*api.Secret, error) {
 	a := c.opts.Auth
 	if a.Role == "" || a.JWTFile == "" {
-		return nil, fmt.Errorf("vault: jwt auth needs role and jwt_file")
+		return nil, configErrorf("vault: jwt auth needs role and jwt_file")
 	}
 	jwt, err := readFileTrim("jwt_file", a.JWTFile)
 	if err != nil {

@@ -14,6 +14,9 @@ import (
 // read again to notice changes, as Vault Agent does.
 const DefaultStaticRefresh = 5 * time.Minute
 
+// leaseRounding is the precision of the lease TTLs Vault reports.
+const leaseRounding = time.Second
+
 // Secret is one read secret with its lease. Data holds the fields (for
 // KV v2 the inner "data" map). It has no String method on purpose: print
 // Path, never the Secret.
@@ -25,6 +28,7 @@ type Secret struct {
 	Renewable     bool
 	ReadAt        time.Time
 	raw           *api.Secret
+	relogin       <-chan struct{} // closed when the token it was read with is replaced
 }
 
 // Field returns one field as a string (numbers and booleans formatted,
@@ -94,6 +98,9 @@ func (c *Client) mount(ctx context.Context, path string) mountInfo {
 // the same). A missing secret is an error wrapping ErrNotFound.
 func (c *Client) Read(ctx context.Context, path string) (*Secret, error) {
 	path = strings.Trim(path, "/")
+	c.mu.Lock()
+	relogin := c.relogin
+	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
 	defer cancel()
 	mi := c.mount(ctx, path)
@@ -118,7 +125,7 @@ func (c *Client) Read(ctx context.Context, path string) (*Secret, error) {
 	s := &Secret{
 		Path: readPath, Data: sec.Data, LeaseID: sec.LeaseID,
 		LeaseDuration: time.Duration(sec.LeaseDuration) * time.Second,
-		Renewable:     sec.Renewable, ReadAt: time.Now(), raw: sec,
+		Renewable:     sec.Renewable, ReadAt: time.Now(), raw: sec, relogin: relogin,
 	}
 	if mi.version == 2 || isKV2Shape(sec.Data) {
 		inner, _ := sec.Data["data"].(map[string]any)
@@ -162,26 +169,42 @@ func (c *Client) ResolveSecretRef(ctx context.Context, ref string) (string, erro
 // WaitStale blocks until s must be read again, keeping its lease alive
 // meanwhile:
 //   - a renewable lease is renewed by the LifetimeWatcher (at about two
-//     thirds of its TTL) until it can no longer be (max TTL, revoked,
-//     renewal failed) — then WaitStale returns so a fresh secret is read;
+//     thirds of its TTL) until it can no longer be (revoked, renewal
+//     failed) or a renewal comes back shorter than the lease (its max TTL
+//     is near) — then WaitStale returns, at the latest two thirds into
+//     what is left, so a fresh secret is read before the old one ends;
 //   - a lease that cannot be renewed is waited out to about two thirds of
 //     its duration, so the new secret is in place before the old expires;
 //   - a secret without a lease (KV v2) is re-read after staticRefresh
 //     (default DefaultStaticRefresh).
+//
+// A secret with a lease is also read again as soon as lifeboat logs in
+// anew: Vault revokes a token's leases when the token ends, so the old
+// credentials are about to stop working.
 //
 // It returns ctx's error when ctx ends, nil otherwise.
 func (c *Client) WaitStale(ctx context.Context, s *Secret, staticRefresh time.Duration) error {
 	if staticRefresh <= 0 {
 		staticRefresh = DefaultStaticRefresh
 	}
+	var relogin <-chan struct{} // nil: never fires
+	if s.LeaseID != "" {
+		relogin = s.relogin
+	}
 	switch {
 	case s.Renewable && s.LeaseID != "" && s.raw != nil:
 		w, err := c.api.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: s.raw})
 		if err != nil {
-			return sleepCtx(ctx, s.LeaseDuration*2/3)
+			return c.waitOrRelogin(ctx, s, s.LeaseDuration*2/3, relogin)
 		}
 		go w.Start()
 		defer w.Stop()
+		// The watcher itself only gives up within its grace period of the
+		// lease's end, too late to have the new secret rendered in time.
+		// A renewal that comes back shorter than the lease's own duration
+		// means the max TTL is near: read the secret again at two thirds of
+		// what is left, so the new value is in place before the old ends.
+		var refresh <-chan time.Time
 		for {
 			select {
 			case <-ctx.Done():
@@ -191,14 +214,45 @@ func (c *Client) WaitStale(ctx context.Context, s *Secret, staticRefresh time.Du
 					c.log.Warn("vault lease can no longer be renewed; reading the secret again", "path", s.Path, "error", err)
 				}
 				return nil
-			case <-w.RenewCh():
+			case <-refresh:
+				c.log.Debug("vault lease near its max TTL; reading the secret again", "path", s.Path)
+				return nil
+			case <-relogin:
+				c.log.Debug("vault token replaced; reading the leased secret again with the new one", "path", s.Path)
+				return nil
+			case r := <-w.RenewCh():
 				c.m.leaseRenewals.Inc()
-				c.log.Debug("vault lease renewed", "path", s.Path)
+				var ttl time.Duration
+				if r != nil && r.Secret != nil {
+					ttl = time.Duration(r.Secret.LeaseDuration) * time.Second
+				}
+				c.log.Debug("vault lease renewed", "path", s.Path, "ttl", ttl.String())
+				if refresh == nil && ttl < s.LeaseDuration {
+					// Vault reports TTLs in whole seconds, rounded: plan
+					// with a second less, which matters for short leases.
+					t := time.NewTimer(max(0, ttl-leaseRounding) * 2 / 3)
+					defer t.Stop()
+					refresh = t.C
+				}
 			}
 		}
 	case s.LeaseDuration > 0:
-		return sleepCtx(ctx, s.LeaseDuration*2/3)
+		return c.waitOrRelogin(ctx, s, s.LeaseDuration*2/3, relogin)
 	default:
 		return sleepCtx(ctx, staticRefresh)
 	}
+}
+
+// waitOrRelogin waits d, or less when relogin closes first.
+func (c *Client) waitOrRelogin(ctx context.Context, s *Secret, d time.Duration, relogin <-chan struct{}) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+	case <-relogin:
+		c.log.Debug("vault token replaced; reading the leased secret again with the new one", "path", s.Path)
+	}
+	return nil
 }

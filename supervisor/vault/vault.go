@@ -90,8 +90,12 @@ type Client struct {
 	mu     sync.Mutex
 	status Status
 	auth   *api.Secret // the last login (or token lookup)
-	kvMu   sync.Mutex
-	kvVer  map[string]mountInfo // path prefix -> KV mount
+	// relogin is closed (and replaced) when a new login replaces the
+	// token: leases belong to the token that created them and end with
+	// it, so secrets read with the old token must be read again.
+	relogin chan struct{}
+	kvMu    sync.Mutex
+	kvVer   map[string]mountInfo // path prefix -> KV mount
 }
 
 // Status is what `lifeboat status` shows about Vault. It never holds a
@@ -109,7 +113,8 @@ type Status struct {
 }
 
 // New builds the client and logs in. It fails when Vault cannot be reached
-// or the login is refused; the caller decides whether to retry.
+// or the login is refused; the caller decides whether to retry. Errors
+// that retrying cannot fix (see ErrConfig) match errors.Is(err, ErrConfig).
 func New(ctx context.Context, opts Options) (*Client, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
@@ -128,7 +133,7 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	}
 	cfg := api.DefaultConfig() // reads VAULT_ADDR, VAULT_CACERT, ...
 	if cfg.Error != nil {
-		return nil, fmt.Errorf("vault: reading VAULT_* environment: %w", cfg.Error)
+		return nil, configErrorf("vault: reading VAULT_* environment: %v", cfg.Error)
 	}
 	if opts.Address != "" {
 		cfg.Address = opts.Address
@@ -143,7 +148,7 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 			CACert: t.CAFile, ClientCert: t.CertFile, ClientKey: t.KeyFile,
 			TLSServerName: t.ServerName, Insecure: t.InsecureSkipVerify,
 		}); err != nil {
-			return nil, fmt.Errorf("vault: TLS settings (ca_file, cert_file, key_file): %w", err)
+			return nil, configErrorf("vault: TLS settings (ca_file, cert_file, key_file): %v", err)
 		}
 	}
 	ac, err := api.NewClient(cfg)
@@ -324,3 +329,18 @@ func readFileTrim(what, path string) (string, error) {
 
 // ErrNotFound is returned when a secret path holds nothing.
 var ErrNotFound = errors.New("no secret at this path")
+
+// ErrConfig marks errors in Options (an unknown auth method, a method
+// without the role or files it needs): retrying cannot help, so callers
+// report them as configuration errors at once.
+var ErrConfig = errors.New("vault configuration")
+
+// configError is an Options mistake; it matches ErrConfig.
+type configError struct{ msg string }
+
+func (e configError) Error() string        { return e.msg }
+func (e configError) Is(target error) bool { return target == ErrConfig }
+
+func configErrorf(format string, args ...any) error {
+	return configError{fmt.Sprintf(format, args...)}
+}

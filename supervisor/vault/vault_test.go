@@ -3,12 +3,23 @@ package vault_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -218,6 +229,23 @@ func TestVaultAgainstDevServer(t *testing.T) {
 		}
 	})
 
+	t.Run("token kept at exit when revoke_on_exit is false", func(t *testing.T) {
+		roleFile, secretFile, _ := approleFiles(t, rc, "app", "1h", "2h", false)
+		c, err := vault.New(context.Background(), vault.Options{Address: v.Addr, Logger: log, RevokeOnExit: false,
+			Auth: vault.Auth{Method: vault.MethodAppRole, RoleIDFile: roleFile, SecretIDFile: secretFile}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok := c.API().Token()
+		secrets = append(secrets, tok)
+		if err := c.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rc.Auth().Token().Lookup(tok); err != nil {
+			t.Fatalf("token revoked although RevokeOnExit is false: %v", err)
+		}
+	})
+
 	t.Run("no token or secret value in logs", func(t *testing.T) {
 		out := logs.String()
 		if !strings.Contains(out, "logged in to vault") {
@@ -229,4 +257,190 @@ func TestVaultAgainstDevServer(t *testing.T) {
 			}
 		}
 	})
+}
+
+// signJWT makes an ES256 JWT for the jwt auth method, signed by key.
+func signJWT(t *testing.T, key *ecdsa.PrivateKey, claims map[string]any) string {
+	t.Helper()
+	enc := func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	signing := enc(map[string]string{"alg": "ES256", "typ": "JWT"}) + "." + enc(claims)
+	sum := sha256.Sum256([]byte(signing))
+	r, s, err := ecdsa.Sign(rand.Reader, key, sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := make([]byte, 64)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	return signing + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+// TestVaultJWTLogin: the jwt method logs in with a role and a JWT read
+// from a file (re-read at every login), against Vault's real jwt auth
+// backend configured with the signer's public key.
+func TestVaultJWTLogin(t *testing.T) {
+	v := testrig.StartVault(t)
+	rc := root(t, v)
+	if err := rc.Sys().EnableAuthWithOptions("jwt", &vaultapi.EnableAuthOptions{Type: "jwt"}); err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	write(t, rc, "auth/jwt/config", map[string]any{"jwt_validation_pubkeys": []string{pubPEM}})
+	write(t, rc, "auth/jwt/role/app", map[string]any{"role_type": "jwt", "user_claim": "sub",
+		"bound_audiences": "lifeboat", "token_policies": "default", "token_ttl": "1h"})
+	now := time.Now()
+	jwt := signJWT(t, key, map[string]any{"sub": "app-1", "aud": "lifeboat", "iat": now.Unix(), "nbf": now.Unix() - 5, "exp": now.Add(time.Hour).Unix()})
+	jwtFile := writeFile(t, t.TempDir(), "jwt", jwt+"\n")
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+
+	c, err := vault.New(context.Background(), vault.Options{Address: v.Addr, Logger: log, RevokeOnExit: true,
+		Auth: vault.Auth{Method: vault.MethodJWT, Role: "app", JWTFile: jwtFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := c.API().Token()
+	look, err := rc.Auth().Token().Lookup(tok)
+	if err != nil {
+		t.Fatalf("jwt token not valid: %v", err)
+	}
+	if p, _ := look.Data["path"].(string); p != "auth/jwt/login" {
+		t.Errorf("token came from %q, want auth/jwt/login", p)
+	}
+	if st := c.Status(); !st.Healthy || st.Method != "jwt" || st.Logins != 1 {
+		t.Errorf("status: %+v", st)
+	}
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	// A JWT for another audience is refused; the error names role and
+	// mount, never the JWT.
+	bad := signJWT(t, key, map[string]any{"sub": "app-1", "aud": "other", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
+	os.WriteFile(jwtFile, []byte(bad), 0o600)
+	_, err = vault.New(context.Background(), vault.Options{Address: v.Addr, Logger: log,
+		Auth: vault.Auth{Method: vault.MethodJWT, Role: "app", JWTFile: jwtFile}})
+	if err == nil || !strings.Contains(err.Error(), "jwt login (role app, mount jwt)") || strings.Contains(err.Error(), bad) {
+		t.Errorf("wrong audience: %v", err)
+	}
+	if errors.Is(err, vault.ErrConfig) {
+		t.Errorf("a refused login is not a config error: %v", err)
+	}
+	for _, s := range []string{jwt, bad, tok} {
+		if strings.Contains(logs.String(), s) {
+			t.Errorf("logs hold a JWT or token (%d chars)", len(s))
+		}
+	}
+}
+
+// TestVaultConfigErrors: option mistakes fail at once with ErrConfig, so
+// the supervisor exits 2 instead of retrying a login that cannot work.
+func TestVaultConfigErrors(t *testing.T) {
+	t.Setenv("VAULT_TOKEN", "")
+	for _, a := range []vault.Auth{
+		{Method: "ldap"},
+		{Method: vault.MethodJWT, Role: "app"},
+		{Method: vault.MethodKubernetes},
+		{Method: vault.MethodAppRole, RoleIDFile: "/r"},
+		{Method: vault.MethodToken},
+	} {
+		_, err := vault.New(context.Background(), vault.Options{Address: "http://127.0.0.1:1", Auth: a})
+		if !errors.Is(err, vault.ErrConfig) {
+			t.Errorf("%+v: got %v, want an ErrConfig error", a, err)
+		}
+	}
+	// Vault not reachable is not a config error: worth retrying.
+	tok := writeFile(t, t.TempDir(), "token", "some-token")
+	_, err := vault.New(context.Background(), vault.Options{Address: "http://127.0.0.1:1", Auth: vault.Auth{TokenFile: tok}})
+	if err == nil || errors.Is(err, vault.ErrConfig) {
+		t.Errorf("unreachable Vault: %v", err)
+	}
+}
+
+// startVaultTLS starts `vault server -dev -dev-tls`, which serves HTTPS
+// with a CA it generates into the returned directory (vault-ca.pem).
+func startVaultTLS(t *testing.T, rootToken string) (addr, certDir string) {
+	t.Helper()
+	bin := testrig.Binary(t, "vault")
+	certDir = t.TempDir()
+	listen := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	cmd := exec.Command(bin, "server", "-dev", "-dev-tls", "-dev-tls-cert-dir="+certDir,
+		"-dev-root-token-id="+rootToken, "-dev-listen-address="+listen, "-log-level=warn")
+	cmd.Dir = certDir
+	cmd.Env = append(os.Environ(), "HOME="+certDir)
+	logf, err := os.Create(filepath.Join(certDir, "vault.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	addr = "https://" + listen
+	eventually(t, 30*time.Second, "the TLS dev server", func() bool {
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(filepath.Join(certDir, "vault.log"))
+			t.Fatalf("vault -dev-tls exited:\n%s", b)
+		default:
+		}
+		cfg := vaultapi.DefaultConfig()
+		cfg.Address = addr
+		if cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: filepath.Join(certDir, "vault-ca.pem")}) != nil {
+			return false
+		}
+		c, err := vaultapi.NewClient(cfg)
+		if err != nil {
+			return false
+		}
+		h, err := c.Sys().Health()
+		return err == nil && h.Initialized && !h.Sealed
+	})
+	return addr, certDir
+}
+
+// TestVaultTLS: a Vault serving HTTPS is reached with tls.ca_file; without
+// it the server's certificate is refused; a CA file that does not exist is
+// a config error.
+func TestVaultTLS(t *testing.T) {
+	t.Setenv("VAULT_CACERT", "")
+	t.Setenv("VAULT_SKIP_VERIFY", "")
+	const rootToken = "tls-root-token"
+	addr, certDir := startVaultTLS(t, rootToken)
+	tokFile := writeFile(t, t.TempDir(), "token", rootToken)
+	ca := filepath.Join(certDir, "vault-ca.pem")
+
+	c, err := vault.New(context.Background(), vault.Options{Address: addr, TLS: vault.TLS{CAFile: ca}, Auth: vault.Auth{TokenFile: tokFile}})
+	if err != nil {
+		t.Fatalf("with ca_file: %v", err)
+	}
+	if _, err := c.Read(context.Background(), "secret/absent"); !errors.Is(err, vault.ErrNotFound) {
+		t.Errorf("read over TLS: %v", err)
+	}
+	_, err = vault.New(context.Background(), vault.Options{Address: addr, Auth: vault.Auth{TokenFile: tokFile}})
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("without ca_file: %v, want a certificate error", err)
+	}
+	_, err = vault.New(context.Background(), vault.Options{Address: addr, TLS: vault.TLS{CAFile: "/nonexistent/ca.pem"}, Auth: vault.Auth{TokenFile: tokFile}})
+	if !errors.Is(err, vault.ErrConfig) {
+		t.Errorf("missing ca_file: %v, want ErrConfig", err)
+	}
 }
