@@ -239,6 +239,7 @@ type Telemetry struct {
 // Control is the control socket.
 type Control struct {
 	Socket string `hcl:"socket,optional"`
+	Group  string `hcl:"group,optional"`
 }
 
 // Log is lifeboat's own logging.

@@ -9,12 +9,15 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/lifeboat/lifeboat/internal/testrig"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -578,5 +581,49 @@ func BenchmarkStatus(b *testing.B) {
 		if _, err := c.Status(ctx); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestSocketGroupAccess gives a group (nogroup, gid 65534) access to the
+// socket: mode 0660 with that group, and a client running as nobody in
+// that group gets through, while the same user without the group does not.
+func TestSocketGroupAccess(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testrig.Missing(t, "needs root to chgrp the socket and dial as another user")
+	}
+	dir, err := os.MkdirTemp("", "lbgrp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	s := start(t, Options{Socket: filepath.Join(dir, "lb.sock"), Group: "65534",
+		Status: func(context.Context) (any, error) { return map[string]string{"ok": "yes"}, nil }})
+	fi, err := os.Lstat(s.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o660 || fi.Sys().(*syscall.Stat_t).Gid != 65534 {
+		t.Fatalf("socket mode %v gid %d, want 0660 gid 65534", fi.Mode(), fi.Sys().(*syscall.Stat_t).Gid)
+	}
+	dialAs := func(groups []uint32) error {
+		// The real CLI as another user: credentials are per process.
+		cmd := exec.Command(testrig.BuildLifeboat(t), "status", "--socket", s.Path())
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 12345, Groups: groups}}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	if err := dialAs([]uint32{65534}); err != nil {
+		t.Errorf("nobody in the socket's group: %v", err)
+	}
+	if err := dialAs(nil); err == nil {
+		t.Errorf("nobody outside the socket's group got through a 0660 socket")
+	}
+	if _, err := New(Options{Socket: filepath.Join(dir, "other.sock"), Group: "no-such-group-here"}); err == nil || !strings.Contains(err.Error(), `control socket group "no-such-group-here"`) {
+		t.Errorf("unknown group: %v", err)
 	}
 }

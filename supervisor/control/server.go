@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,6 +114,10 @@ type Options struct {
 	Logger *slog.Logger
 	// ReadHeaderTimeout defaults to DefaultReadHeaderTimeout.
 	ReadHeaderTimeout time.Duration
+	// Group, when set (a group name or numeric gid), may use the socket
+	// too (mode 0660): for example the app's own hooks (a git
+	// post-receive hook running as the app's user) that notify backups.
+	Group string
 }
 
 // Server is a running control socket. Create it with New, stop it with
@@ -186,7 +191,18 @@ func New(opts Options) (*Server, error) {
 	if path == "" {
 		path = os.Getenv(EnvSocket)
 	}
-	ul, where, err := listen(path, opts.DataDir)
+	gid := -1
+	if opts.Group != "" {
+		g, err := lookupGroup(opts.Group)
+		if err != nil {
+			if s.tcp != nil {
+				s.tcp.Close()
+			}
+			return nil, err
+		}
+		gid = g
+	}
+	ul, where, err := listen(path, opts.DataDir, gid)
 	if err != nil {
 		if s.tcp != nil {
 			s.tcp.Close()
@@ -411,3 +427,15 @@ func contains(list []string, s string) bool {
 type slogErrorLog struct{ log *slog.Logger }
 
 func (l slogErrorLog) Println(v ...any) { l.log.Error("metrics: " + fmt.Sprint(v...)) }
+
+// lookupGroup resolves a group name or numeric gid.
+func lookupGroup(name string) (int, error) {
+	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
+		return n, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, fmt.Errorf("control socket group %q: %w", name, err)
+	}
+	return strconv.Atoi(g.Gid)
+}

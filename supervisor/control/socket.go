@@ -29,6 +29,8 @@ const (
 	// SocketMode is the socket file's mode: only the supervisor's user may
 	// ask it for backups or read its status.
 	SocketMode = 0o600
+	// GroupSocketMode is the mode when a group is given access (Options.Group).
+	GroupSocketMode = 0o660
 
 	// probeTimeout bounds the dial that tells a live socket from a stale one.
 	probeTimeout = time.Second
@@ -83,14 +85,14 @@ func Locate(explicit, dataDir string) string {
 // try each candidate in turn and fall back past the ones whose directory
 // cannot be written (a read-only /run, a non-root user). Any other path is
 // used as given.
-func listen(path, dataDir string) (*net.UnixListener, string, error) {
+func listen(path, dataDir string, gid int) (*net.UnixListener, string, error) {
 	if path != "" && path != DefaultSocket && path != defaultSocket {
-		l, err := listenAt(path)
+		l, err := listenAt(path, gid)
 		return l, path, err
 	}
 	var tried []string
 	for _, p := range Candidates(dataDir) {
-		l, err := listenAt(p)
+		l, err := listenAt(p, gid)
 		if err == nil {
 			return l, p, nil
 		}
@@ -112,8 +114,9 @@ func unwritable(err error) bool {
 // moment: it binds under a temporary name, sets the mode, then renames it
 // into place, so no other user can ever connect through a wider umask.
 // The rename also replaces a stale socket atomically. A socket a live
-// process still answers on is never touched.
-func listenAt(path string) (*net.UnixListener, error) {
+// process still answers on is never touched. gid >= 0 gives that group
+// access (mode 0660), set before the rename like the mode.
+func listenAt(path string, gid int) (*net.UnixListener, error) {
 	if len(path) > maxSocketPath {
 		return nil, fmt.Errorf("control socket %s: path is %d bytes, longer than the %d a unix socket allows; choose a shorter path", path, len(path), maxSocketPath)
 	}
@@ -141,10 +144,19 @@ func listenAt(path string) (*net.UnixListener, error) {
 	}
 	// We unlink the final path ourselves on Close; Go would unlink tmp.
 	l.SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, SocketMode); err != nil {
+	mode := os.FileMode(SocketMode)
+	if gid >= 0 {
+		mode = GroupSocketMode
+		if err := os.Chown(tmp, -1, gid); err != nil {
+			l.Close()
+			os.Remove(tmp)
+			return nil, fmt.Errorf("control socket %s: give group %d access: %w", path, gid, err)
+		}
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
 		l.Close()
 		os.Remove(tmp)
-		return nil, fmt.Errorf("control socket %s: set mode 0600: %w", path, err)
+		return nil, fmt.Errorf("control socket %s: set mode %#o: %w", path, mode, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		l.Close()

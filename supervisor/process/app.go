@@ -331,7 +331,7 @@ func (a *App) Stop(received unix.Signal) {
 	if sig == 0 {
 		sig = received
 	}
-	a.log.Info("stopping app", "signal", unix.SignalName(sig), "pid", pid, "timeout", a.spec.StopTimeout)
+	a.log.Info("stopping app", "signal", unix.SignalName(sig), "pid", pid, "timeout", a.spec.StopTimeout.String())
 	a.Signal(sig)
 	a.armKill(pid)
 }

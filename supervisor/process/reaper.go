@@ -220,3 +220,13 @@ func startStatus(err error) int {
 	}
 	return 126
 }
+
+// CodeStarter is the reaper seen through the starter interface of the hook
+// runner and the snapshot engine (Start returning an exit-code wait):
+// pass process.CodeStarter{Reaper: r} wherever a Starter is taken.
+type CodeStarter struct{ Reaper *Reaper }
+
+// Start starts cmd under the reaper; see Reaper.StartCode.
+func (s CodeStarter) Start(cmd *exec.Cmd) (wait func() (int, error), err error) {
+	return s.Reaper.StartCode(cmd)
+}
