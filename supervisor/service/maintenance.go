@@ -1,0 +1,113 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// PathMaintenance is the control-socket endpoint MaintenanceHandler serves.
+const PathMaintenance = "/v1/maintenance"
+
+// MaintenanceRequest is the body of POST /v1/maintenance.
+type MaintenanceRequest struct {
+	// Enable is required: true enters maintenance mode, false leaves it.
+	Enable *bool `json:"enable"`
+	// Reason is shown in Consul (and status) while in maintenance.
+	Reason string `json:"reason,omitempty"`
+}
+
+// SetMaintenance puts the service into maintenance mode (Consul then
+// reports it critical, with reason, and routes no one to it) or takes it
+// out. The mode is kept across re-registrations. Before the first
+// registration it is only recorded and sent with it; when the agent does
+// not take the change, the old mode stays and the error says why.
+func (r *Registration) SetMaintenance(ctx context.Context, enable bool, reason string) error {
+	if enable && reason == "" {
+		reason = DefaultMaintenanceReason
+	}
+	if !enable {
+		reason = ""
+	}
+	r.mu.Lock()
+	prev, prevReason := r.maint, r.maintReason
+	r.maint, r.maintReason = enable, reason
+	reg := r.registered
+	r.mu.Unlock()
+	if !reg {
+		r.m.maintenance.Set(boolGauge(enable))
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.opts.RequestTimeout)
+	defer cancel()
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	var err error
+	if enable {
+		err = r.opts.Client.Agent().EnableServiceMaintenanceOpts(r.id, reason, q)
+	} else {
+		err = r.opts.Client.Agent().DisableServiceMaintenanceOpts(r.id, q)
+	}
+	if err != nil {
+		r.mu.Lock()
+		r.maint, r.maintReason = prev, prevReason
+		r.mu.Unlock()
+		verb := "enabling"
+		if !enable {
+			verb = "disabling"
+		}
+		if isNotFound(err) {
+			// The agent forgot the service; the keeper registers it again.
+			r.markForgotten()
+			r.kick()
+		}
+		return fmt.Errorf("%s maintenance of service %s on the Consul agent: %w", verb, r.id, err)
+	}
+	r.m.maintenance.Set(boolGauge(enable))
+	if enable {
+		r.log.Warn("service in maintenance mode", "reason", reason)
+	} else {
+		r.log.Info("service out of maintenance mode")
+	}
+	return nil
+}
+
+// MaintenanceHandler serves POST /v1/maintenance with a MaintenanceRequest
+// and answers with the service's Status. Errors are {"error": "..."} like
+// the rest of the control socket: 400 for a bad body, 503 when the agent
+// did not take the change.
+func (r *Registration) MaintenanceHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		var body MaintenanceRequest
+		dec := json.NewDecoder(io.LimitReader(req.Body, 64<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "maintenance: the body must be JSON like {\"enable\": true, \"reason\": \"...\"}: " + err.Error()})
+			return
+		}
+		if body.Enable == nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "maintenance: say {\"enable\": true} or {\"enable\": false}"})
+			return
+		}
+		if err := r.SetMaintenance(req.Context(), *body.Enable, body.Reason); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, r.Status())
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		code = http.StatusInternalServerError
+		b = []byte(`{"error": "encoding the answer failed"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	w.Write(append(b, '\n'))
+}
