@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/lifeboat/lifeboat/supervisor/consul"
 	"github.com/lifeboat/lifeboat/supervisor/templates"
 	"github.com/lifeboat/lifeboat/supervisor/vault"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // EnvRenderTimeout overrides how long the first render may wait for its
@@ -34,6 +36,7 @@ type secrets struct {
 	consul *consulapi.Client
 	vault  *vault.Client
 	tmpl   *templates.Manager
+	leader func() string // the election's current leader; see setLeaderSource
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -56,7 +59,8 @@ func (e usageError) Unwrap() error { return e.error }
 // taken from Vault. It does nothing when neither block is configured.
 func (s *Supervisor) connectSecrets(ctx context.Context) error {
 	c := s.cfg
-	if c.Consul == nil && c.Vault == nil && len(c.Templates) == 0 && len(c.Env) == 0 {
+	storeVault := c.Store != nil && c.Store.Vault != nil
+	if c.Consul == nil && c.Vault == nil && len(c.Templates) == 0 && len(c.Env) == 0 && !storeVault {
 		return nil
 	}
 	done := s.phaseStart(PhaseConnect)
@@ -86,53 +90,76 @@ func (s *Supervisor) connect(ctx context.Context) error {
 		s.mu.Unlock()
 	}
 	if vc := c.Vault; vc != nil {
-		opts := vault.Options{Address: vc.Address, Namespace: vc.Namespace, RevokeOnExit: vc.RevokeOnExit == nil || *vc.RevokeOnExit,
-			Logger: s.log, Metrics: s.registry}
-		if t := vc.TLS; t != nil {
-			opts.TLS = vault.TLS{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
+		vcl, err := loginVault(ctx, vc, s.log, s.registry)
+		if err != nil {
+			return err
 		}
-		if a := vc.Auth; a != nil {
-			opts.Auth = vault.Auth{Method: a.Method, Mount: a.Mount, Role: a.Role, TokenFile: a.TokenFile,
-				RoleIDFile: a.RoleIDFile, SecretIDFile: a.SecretIDFile, SecretIDWrapped: a.SecretIDWrapped, JWTFile: a.JWTFile}
-		}
-		ctx, cancel := context.WithTimeout(ctx, connectTimeout)
-		defer cancel()
-		backoff := vault.DefaultRetryInitial
-		for {
-			vcl, err := vault.New(ctx, opts)
-			if err == nil {
-				s.mu.Lock() // Status reads it from the control socket's goroutines
-				s.sec.vault = vcl
-				s.mu.Unlock()
-				break
-			}
-			if ctx.Err() != nil {
-				return fmt.Errorf("vault: gave up logging in: %w", err)
-			}
-			s.log.Warn("vault login failed; retrying", "error", err, "retry_in", backoff.String())
-			t := time.NewTimer(backoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return fmt.Errorf("vault: gave up logging in: %w", err)
-			case <-t.C:
-			}
-			backoff = min(backoff*2, vault.DefaultRetryMax)
-		}
+		s.mu.Lock() // Status reads it from the control socket's goroutines
+		s.sec.vault = vcl
+		s.mu.Unlock()
 	}
-	return s.resolveStoreSecrets(ctx)
+	if err := resolveStoreVault(ctx, c.Store, s.sec.vault); err != nil {
+		return err
+	}
+	return nil
 }
 
-// resolveStoreSecrets fills the store's credentials and encryption key
-// from the Vault references in store.vault ("PATH#FIELD"), so the store is
-// opened with them; an image then needs nothing but a Vault role.
-func (s *Supervisor) resolveStoreSecrets(ctx context.Context) error {
-	st := s.cfg.Store
+// vaultOptions maps the vault block to the client's options.
+func vaultOptions(vc *config.Vault) vault.Options {
+	opts := vault.Options{Address: vc.Address, Namespace: vc.Namespace, RevokeOnExit: vc.RevokeOnExit == nil || *vc.RevokeOnExit}
+	if t := vc.TLS; t != nil {
+		opts.TLS = vault.TLS{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
+	}
+	if a := vc.Auth; a != nil {
+		opts.Auth = vault.Auth{Method: a.Method, Mount: a.Mount, Role: a.Role, TokenFile: a.TokenFile,
+			RoleIDFile: a.RoleIDFile, SecretIDFile: a.SecretIDFile, SecretIDWrapped: a.SecretIDWrapped, JWTFile: a.JWTFile}
+	}
+	return opts
+}
+
+// loginVault logs in with the vault block, retrying with backoff for up to
+// connectTimeout while Vault is unreachable or refuses; configuration
+// mistakes fail at once as usage errors.
+func loginVault(ctx context.Context, vc *config.Vault, log *slog.Logger, reg prometheus.Registerer) (*vault.Client, error) {
+	opts := vaultOptions(vc)
+	opts.Logger, opts.Metrics = log, reg
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	backoff := vault.DefaultRetryInitial
+	for {
+		vcl, err := vault.New(ctx, opts)
+		if err == nil {
+			return vcl, nil
+		}
+		if errors.Is(err, vault.ErrConfig) {
+			// A missing role or unknown method: retrying cannot help.
+			return nil, usageError{err}
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("vault: gave up logging in: %w", err)
+		}
+		log.Warn("vault login failed; retrying", "error", err, "retry_in", backoff.String())
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("vault: gave up logging in: %w", err)
+		case <-t.C:
+		}
+		backoff = min(backoff*2, vault.DefaultRetryMax)
+	}
+}
+
+// resolveStoreVault fills st's credentials and encryption key from the
+// Vault references in store.vault ("PATH#FIELD"), so the store is opened
+// with them; an image then needs nothing but a Vault role. A value from
+// Vault replaces the store block's own.
+func resolveStoreVault(ctx context.Context, st *config.Store, vc *vault.Client) error {
 	if st == nil || st.Vault == nil {
 		return nil
 	}
-	if s.sec.vault == nil {
-		return usageError{errors.New("store.vault names Vault secrets but there is no vault block")}
+	if vc == nil {
+		return usageError{errors.New("store.vault names Vault secrets but there is no vault block; add one (address and auth) or remove store.vault")}
 	}
 	for _, f := range []struct {
 		key string
@@ -147,13 +174,59 @@ func (s *Supervisor) resolveStoreSecrets(ctx context.Context) error {
 		if f.ref == "" {
 			continue
 		}
-		v, err := s.sec.vault.ResolveSecretRef(ctx, f.ref)
+		v, err := vc.ResolveSecretRef(ctx, f.ref)
 		if err != nil {
 			return fmt.Errorf("store.vault.%s: %w", f.key, err)
 		}
 		*f.dst = v
 	}
+	if st.Vault.EncryptionKey != "" {
+		// The key from Vault is the key; a key file beside it would be a
+		// second, conflicting source.
+		st.EncryptionKeyFile = ""
+	}
 	return nil
+}
+
+// ResolveStoreVault fills cfg.Store's access_key, secret_key,
+// session_token and encryption_key from the Vault secrets named in
+// store.vault, for commands that open the store without `lifeboat run`
+// (backup, restore, snapshots, verify, prune); run does the same in its
+// connect phase. It logs in with the vault block and, when it logged in
+// with a method other than token, revokes that token again (a token the
+// user handed in is theirs to keep). Without store.vault it does nothing.
+// Errors never hold a secret value; IsConfigError tells a config mistake
+// (exit 2) from a Vault failure.
+func ResolveStoreVault(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if cfg.Store == nil || cfg.Store.Vault == nil {
+		return nil
+	}
+	if cfg.Vault == nil {
+		return resolveStoreVault(ctx, cfg.Store, nil)
+	}
+	vc := *cfg.Vault
+	ownToken := vc.Auth != nil && vc.Auth.Method != "" && vc.Auth.Method != vault.MethodToken
+	vc.RevokeOnExit = &ownToken
+	cl, err := loginVault(ctx, &vc, log, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := cl.Close(ctx); err != nil {
+			log.Warn("vault token not revoked", "error", err)
+		}
+	}()
+	return resolveStoreVault(ctx, cfg.Store, cl)
+}
+
+// IsConfigError reports whether err from this package's secrets functions
+// is a configuration mistake (exit 2) rather than a failure to reach or
+// read Consul or Vault (exit 1).
+func IsConfigError(err error) bool {
+	var ue usageError
+	return errors.As(err, &ue)
 }
 
 // renderSecrets is the render phase: templates to files and the env block,
@@ -294,9 +367,39 @@ func secretsExit(err error) int {
 	return ExitFailure
 }
 
-// leaderAddress is the template function leader's provider. The election
-// room replaces it with the current leader once elections are wired.
-func (s *Supervisor) leaderAddress() string { return "" }
+// leaderAddress is the template function leader's provider: the getter
+// the election wiring handed to setLeaderSource, "" before that or when
+// no election is configured.
+func (s *Supervisor) leaderAddress() string {
+	s.mu.Lock()
+	get := s.sec.leader
+	s.mu.Unlock()
+	if get == nil {
+		return ""
+	}
+	return get()
+}
+
+// setLeaderSource gives the templates' leader function the election's
+// current leader address (host:port, "" while there is none). Call it
+// from the elect phase, before the render phase, so the first render
+// already sees the leader.
+func (s *Supervisor) setLeaderSource(get func() string) {
+	s.mu.Lock()
+	s.sec.leader = get
+	s.mu.Unlock()
+}
+
+// leaderChanged re-renders the templates that use leader; the election
+// wiring calls it whenever the leader changes. Safe to call at any time.
+func (s *Supervisor) leaderChanged() {
+	s.mu.Lock()
+	m := s.sec.tmpl
+	s.mu.Unlock()
+	if m != nil {
+		m.Notify()
+	}
+}
 
 // appController lets templates act on the app, which exists only once the
 // start phase has run.

@@ -7,18 +7,23 @@ import (
 	"time"
 
 	"github.com/lifeboat/lifeboat/supervisor/control"
+	"github.com/lifeboat/lifeboat/supervisor/election"
+	"github.com/lifeboat/lifeboat/supervisor/service"
 )
 
 // Status is what GET /v1/status and `lifeboat status` show. Field order is
 // the order people read it in. Secrets never appear here: the app's env and
 // command arguments are left out on purpose.
 type Status struct {
-	Version string         `json:"version"`
-	Phase   string         `json:"phase"`
-	Uptime  string         `json:"uptime"`
-	App     AppStatus      `json:"app"`
-	Phases  []PhaseStatus  `json:"phases"`
-	Secrets *SecretsStatus `json:"secrets,omitempty"` // Consul/Vault/templates: names and health, no values
+	Version  string           `json:"version"`
+	Phase    string           `json:"phase"`
+	Uptime   string           `json:"uptime"`
+	App      AppStatus        `json:"app"`
+	Phases   []PhaseStatus    `json:"phases"`
+	Secrets  *SecretsStatus   `json:"secrets,omitempty"`  // Consul/Vault/templates: names and health, no values
+	Data     *DataStatus      `json:"data,omitempty"`     // restore, backups, retention (data.go)
+	Service  *service.Status  `json:"service,omitempty"`  // Consul registration, check, role tag, maintenance
+	Election *election.Status `json:"election,omitempty"` // role, leader, fencing token, session health
 }
 
 // AppStatus is the app's side of the status.
@@ -70,6 +75,9 @@ func (s *Supervisor) Status() Status {
 		st.App.Orphans = s.reaper.Orphans()
 	}
 	st.Secrets = s.secretsStatus()
+	st.Data = s.dataStatus()
+	st.Service = s.serviceStatus()
+	st.Election = s.leaderStatus()
 	return st
 }
 
@@ -77,13 +85,13 @@ func (s *Supervisor) statusFunc(ctx context.Context) (any, error) {
 	return s.Status(), nil
 }
 
-var errNoBackups = fmt.Errorf("%w: backups are not configured in this supervisor", control.ErrRejected)
+var errNoBackups = fmt.Errorf("%w: backups are not configured: no store is set (store.url, --store or LIFEBOAT_STORE)", control.ErrRejected)
 
 // notify handles POST /v1/notify/{event}.
 func (s *Supervisor) notify(ctx context.Context, event string, req control.NotifyRequest) (control.NotifyResponse, error) {
 	switch strings.ToLower(event) {
 	case "backup":
-		return control.NotifyResponse{}, errNoBackups
+		return s.notifyBackup(ctx, req)
 	}
 	return control.NotifyResponse{}, control.ErrUnknownEvent
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -47,6 +48,9 @@ type Options struct {
 	// is reported like the others.
 	LoadDuration time.Duration
 	Version      string
+	// Signals, when set, waits for signal catching started early (see
+	// process.CatchSignalsAsync); nil starts it in Run.
+	Signals func() chan os.Signal
 }
 
 // Supervisor runs one app through the lifecycle.
@@ -54,13 +58,17 @@ type Supervisor struct {
 	cfg     *config.Config
 	log     *slog.Logger
 	version string
+	signals func() chan os.Signal
 
 	reaper   *process.Reaper
 	app      *process.App
 	registry *prometheus.Registry
 	metrics  *metrics.Supervisor
 	control  *control.Server
-	sec      secrets // Consul, Vault, templates and env (secrets.go)
+	sec      secrets     // Consul, Vault, templates and env (secrets.go)
+	data     dataPart    // store, restore, backups (data.go)
+	svc      servicePart // Consul service registration (service_wiring.go)
+	elect    leaderPart  // primary election (leader.go)
 
 	// shutdownCh is closed when lifeboat is asked to stop (SIGTERM/SIGINT)
 	// or the app has ended for good.
@@ -87,6 +95,7 @@ func New(opts Options) *Supervisor {
 		cfg:        opts.Config,
 		log:        opts.Logger,
 		version:    opts.Version,
+		signals:    opts.Signals,
 		shutdownCh: make(chan struct{}),
 		started:    time.Now(),
 	}
@@ -133,7 +142,10 @@ func (s *Supervisor) Run(ctx context.Context) int {
 	// lifeboat exits right after Run, and un-catching SIGTERM earlier would
 	// only open a window where it kills lifeboat mid-shutdown (and costs
 	// milliseconds of start-to-exit overhead).
-	signals, _ := process.CatchSignals()
+	catch := s.signals
+	if catch == nil {
+		catch = process.CatchSignalsAsync()
+	}
 	s.reaper = process.NewReaper(s.log)
 	if err := process.SetSubreaper(); err != nil {
 		s.log.Warn("cannot become a subreaper; orphans of the app will not be reaped here", "error", err)
@@ -144,6 +156,7 @@ func (s *Supervisor) Run(ctx context.Context) int {
 
 	srv, err := control.New(control.Options{
 		Socket:          s.cfg.Control.Socket,
+		Group:           s.socketGroup(),
 		DataDir:         s.cfg.Data.Path,
 		Status:          s.statusFunc,
 		Notify:          s.notify,
@@ -160,6 +173,11 @@ func (s *Supervisor) Run(ctx context.Context) int {
 			defer cancel()
 			srv.Close(ctx)
 		}()
+	case errors.Is(err, control.ErrSupervisorRunning):
+		// Two supervisors on one socket would answer each other's notify
+		// and status: a second lifeboat on the same data must not start.
+		s.log.Error("another lifeboat is serving the control socket; not starting the app", "error", err)
+		return ExitFailure
 	case s.cfg.Control.Socket == config.DefaultSocket:
 		// Nobody asked for a particular socket and no default place is
 		// writable (a non-root user without XDG_RUNTIME_DIR): run the app
@@ -170,6 +188,7 @@ func (s *Supervisor) Run(ctx context.Context) int {
 		return ExitFailure
 	}
 
+	signals := catch()
 	// Until the app runs, SIGTERM/SIGINT abort whatever phase is under way.
 	preStart := make(chan struct{})
 	var received unix.Signal
@@ -223,7 +242,16 @@ func (s *Supervisor) prepare(ctx context.Context) (int, bool) {
 	if err := s.connectSecrets(ctx); err != nil {
 		return secretsExit(err), false
 	}
+	if err := s.electLeader(ctx); err != nil {
+		return secretsExit(err), false
+	}
+	if err := s.restoreData(ctx); err != nil {
+		return dataExit(err), false
+	}
 	if err := s.renderSecrets(ctx); err != nil {
+		return secretsExit(err), false
+	}
+	if err := s.prepareService(); err != nil {
 		return secretsExit(err), false
 	}
 	return 0, true
@@ -254,6 +282,9 @@ func (s *Supervisor) startAndServe(ctx context.Context, signals <-chan os.Signal
 	case <-s.app.Started():
 		done(nil)
 		s.serveSecrets()
+		s.serveData()
+		s.serveService()
+		s.serveLeader()
 	case r := <-ended:
 		done(r.err)
 		return r.exit, r.err
@@ -284,13 +315,35 @@ func (s *Supervisor) startAndServe(ctx context.Context, signals <-chan os.Signal
 func (s *Supervisor) handleSignal(sig unix.Signal) {
 	switch sig {
 	case unix.SIGTERM, unix.SIGINT:
+		s.data.stopRequested.Store(true)
 		s.requestShutdown()
 		s.app.Stop(sig)
 	default:
+		if s.backupSignal(sig) {
+			return
+		}
 		if err := s.app.Signal(sig); err != nil {
 			s.log.Debug("signal not forwarded", "signal", unix.SignalName(sig), "error", err)
 		}
 	}
+}
+
+// socketGroup is the group that may use the control socket besides
+// lifeboat's own user: control.group, else the primary group of app.user,
+// so the app and its hooks (a git post-receive hook, a database's
+// trigger script) can `lifeboat notify backup` without being root.
+func (s *Supervisor) socketGroup() string {
+	if g := s.cfg.Control.Group; g != "" {
+		return g
+	}
+	if s.cfg.App.User == "" || os.Geteuid() != 0 {
+		return ""
+	}
+	u, err := process.LookupUser(s.cfg.App.User)
+	if err != nil || u.Gid == 0 {
+		return "" // the start phase reports a bad user; gid 0 needs no grant
+	}
+	return strconv.FormatUint(uint64(u.Gid), 10)
 }
 
 func (s *Supervisor) requestShutdown() {
@@ -298,7 +351,11 @@ func (s *Supervisor) requestShutdown() {
 }
 
 // shutdown runs after the app has ended for good.
-func (s *Supervisor) shutdown(exit process.Exit, startErr error) {}
+func (s *Supervisor) shutdown(exit process.Exit, startErr error) {
+	s.shutdownData(exit, startErr)
+	s.releaseLeader() // after the final backup: a follower takes over at once
+	s.closeService()  // after the final backup: deregister
+}
 
 // appSpec maps the config's app block to a process spec.
 func (s *Supervisor) appSpec() (process.Spec, error) {

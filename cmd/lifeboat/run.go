@@ -10,6 +10,7 @@ import (
 	"github.com/lifeboat/lifeboat/supervisor"
 	"github.com/lifeboat/lifeboat/supervisor/config"
 	"github.com/lifeboat/lifeboat/supervisor/logging"
+	"github.com/lifeboat/lifeboat/supervisor/process"
 )
 
 func init() {
@@ -17,6 +18,9 @@ func init() {
 }
 
 func runRun(args []string) int {
+	// Catching every signal takes a millisecond or two; let it overlap
+	// with parsing flags and loading the config.
+	signals := process.CatchSignalsAsync()
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: lifeboat run [flags] [-- COMMAND ARGS...]")
@@ -49,6 +53,6 @@ func runRun(args []string) int {
 		fmt.Fprintf(os.Stderr, "lifeboat: %v\n", err)
 		return exitUsage
 	}
-	sup := supervisor.New(supervisor.Options{Config: cfg, Logger: log, LoadDuration: time.Since(t0), Version: version})
+	sup := supervisor.New(supervisor.Options{Config: cfg, Logger: log, LoadDuration: time.Since(t0), Version: version, Signals: signals})
 	return sup.Run(context.Background())
 }

@@ -15,6 +15,6 @@ var supported = map[string]bool{
 	"vault":     true,
 	"template":  true,
 	"env":       true,
-	"election":  false,
-	"service":   false,
+	"election":  true,
+	"service":   true,
 }
