@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -233,20 +234,26 @@ const zombieCheck = `
 n=$1
 for i in $(seq $n); do sh -c 'sleep 0.3 &'; done
 end=$(( $(date +%s) + 20 ))
+seen=0
 while :; do
   live=0; zombies=0
   for st in /proc/[0-9]*/stat; do
     read -r line < "$st" 2>/dev/null || continue
     case "$line" in
-      *"(sleep)"*) s=${line##*) }; s=${s%% *}
-        if [ "$s" = Z ]; then zombies=$((zombies+1)); else live=$((live+1)); fi ;;
+      *"(sleep)"*) s=${line##*) }; state=${s%% *}
+        # Only this app's process group ($$ leads it): other tests' sleeps
+        # on the same host are not ours to count.
+        set -- $s; [ "$3" = "$$" ] || continue
+        if [ "$state" = Z ]; then zombies=$((zombies+1)); else live=$((live+1)); fi ;;
     esac
   done
+  [ $live -gt $seen ] && seen=$live
   if [ $live -eq 0 ] && [ $zombies -eq 0 ]; then break; fi
   if [ $(date +%s) -gt $end ]; then break; fi
   sleep 0.05
 done
 echo "live=$live zombies=$zombies"
+echo "seen=$seen" >&2
 `
 
 func TestOrphansAreReapedAsPID1(t *testing.T) {
@@ -254,6 +261,7 @@ func TestOrphansAreReapedAsPID1(t *testing.T) {
 	if got := in.wait(60 * time.Second); got != 0 {
 		t.Fatalf("status %d; stderr:\n%s", got, in.stderr)
 	}
+	sawOrphans(t, in.stderr.String())
 	if out := strings.TrimSpace(in.stdout.String()); out != "live=0 zombies=0" {
 		t.Fatalf("200 orphans not all reaped: %s", out)
 	}
@@ -275,8 +283,18 @@ grep PPid /proc/$(cat ` + dir + `/orphan)/status | tr -d '\t' > ` + dir + `/ppid
 	if strings.TrimSpace(string(ppid)) != fmt.Sprintf("PPid:%d", pid) {
 		t.Errorf("orphan's parent is %q, want lifeboat (pid %d)", ppid, pid)
 	}
+	sawOrphans(t, in.stderr.String())
 	if out := strings.TrimSpace(in.stdout.String()); out != "live=0 zombies=0" {
 		t.Fatalf("orphans not reaped by the subreaper: %s", out)
+	}
+}
+
+// sawOrphans fails the test when the zombie check never saw one of its
+// orphans alive: its counting would then prove nothing.
+func sawOrphans(t *testing.T, stderr string) {
+	t.Helper()
+	if !regexp.MustCompile(`seen=[1-9]`).MatchString(stderr) {
+		t.Fatalf("the zombie check never saw an orphan (its filter matches nothing); stderr:\n%s", stderr)
 	}
 }
 
