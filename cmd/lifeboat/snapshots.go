@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/lifeboat/lifeboat/supervisor"
+	"github.com/lifeboat/lifeboat/supervisor/config"
+	"github.com/lifeboat/lifeboat/supervisor/logging"
+	"github.com/lifeboat/lifeboat/supervisor/progress"
+	"github.com/lifeboat/lifeboat/supervisor/snapshot"
+	"github.com/lifeboat/lifeboat/supervisor/storage"
+)
+
+// EnvEncryptionKey holds the repository's encryption key for the snapshot
+// commands; it wins over store.encryption_key(_file) in the config.
+const EnvEncryptionKey = "LIFEBOAT_ENCRYPTION_KEY"
+
+// EnvCPUProfile names a file to write a CPU profile of a snapshot command
+// to (go tool pprof reads it): how bench/snapshot finds where time goes.
+const EnvCPUProfile = "LIFEBOAT_CPUPROFILE"
+
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", EnvCPUProfile, err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", EnvCPUProfile, err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+func init() {
+	commands["snapshots"] = command{summary: "list the snapshots in the store", run: runSnapshots}
+}
+
+// repoFlags are the flags every snapshot command shares: where the config
+// and the store are.
+type repoFlags struct {
+	config    string
+	store     string
+	logFormat string
+	logLevel  string
+}
+
+func (f *repoFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.config, "config", "", "config file to read store, data and backup settings from (default $LIFEBOAT_CONFIG; none: defaults)")
+	fs.StringVar(&f.store, "store", "", "store URL: s3://BUCKET/PREFIX?endpoint=HOST:PORT or file:///ABS/PATH (overrides store.url and $LIFEBOAT_STORE)")
+	fs.StringVar(&f.logFormat, "log-format", "", "auto, text or json (default auto: text on a terminal)")
+	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default warn; info shows the engine's own lines)")
+}
+
+// cliError carries the exit status with the message.
+type cliError struct {
+	code int
+	err  error
+}
+
+func (e *cliError) Error() string { return e.err.Error() }
+func (e *cliError) Unwrap() error { return e.err }
+
+func usageErr(format string, args ...any) error {
+	return &cliError{exitUsage, fmt.Errorf(format, args...)}
+}
+
+// exitWith prints err for people and returns its exit status: 2 for usage
+// and config errors, 1 for everything else.
+func exitWith(name string, err error) int {
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "lifeboat %s: %v\n", name, err)
+	var ce *cliError
+	if errors.As(err, &ce) {
+		return ce.code
+	}
+	return exitFailure
+}
+
+// session is what a snapshot command works with: the loaded config, a
+// logger, and a context cancelled by SIGINT/SIGTERM.
+type session struct {
+	cfg  *config.Config
+	log  *slog.Logger
+	ctx  context.Context
+	stop context.CancelFunc
+}
+
+// load reads the config with the flags' overrides and sets up logging. The
+// snapshot commands log at warn by default: their output is the progress
+// line and the summary, not the engine's chatter.
+func (f *repoFlags) load(data string) (*session, error) {
+	if f.logLevel == "" && os.Getenv(config.EnvLogLevel) == "" {
+		f.logLevel = "warn"
+	}
+	if data != "" {
+		// A relative --data/--to is relative to here; the config wants it absolute.
+		abs, err := filepath.Abs(data)
+		if err != nil {
+			return nil, usageErr("%s: %v", data, err)
+		}
+		data = abs
+	}
+	cfg, err := config.Load(f.config, config.Overrides{Store: f.store, Data: data, LogFormat: f.logFormat, LogLevel: f.logLevel})
+	if err != nil {
+		return nil, &cliError{exitUsage, fmt.Errorf("invalid config:\n%w", err)}
+	}
+	log, err := logging.New(os.Stderr, cfg.Log.Format, cfg.Log.Level)
+	if err != nil {
+		return nil, &cliError{exitUsage, err}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if p := os.Getenv(EnvCPUProfile); p != "" {
+		stopProfile, err := startCPUProfile(p)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		cancel := stop
+		stop = func() { stopProfile(); cancel() }
+	}
+	return &session{cfg: cfg, log: log, ctx: ctx, stop: stop}, nil
+}
+
+// storeOptions maps the store block to the backend's options.
+func storeOptions(st *config.Store) storage.Options {
+	return storage.Options{
+		AccessKey: st.AccessKey, SecretKey: st.SecretKey, SessionToken: st.SessionToken,
+		Region: st.Region, CAFile: st.CAFile, PathStyle: st.PathStyle,
+		CreateBucket: st.CreateBucket != nil && *st.CreateBucket,
+	}
+}
+
+// encryptionKey is the key from $LIFEBOAT_ENCRYPTION_KEY, store.encryption_key
+// or store.encryption_key_file (one trailing newline of a file is dropped:
+// `echo KEY > file` must give the same key as KEY); nil when none is set.
+func encryptionKey(st *config.Store) ([]byte, error) {
+	if v := os.Getenv(EnvEncryptionKey); v != "" {
+		return []byte(v), nil
+	}
+	if st.EncryptionKey != "" {
+		return []byte(st.EncryptionKey), nil
+	}
+	if st.EncryptionKeyFile != "" {
+		b, err := os.ReadFile(st.EncryptionKeyFile)
+		if err != nil {
+			return nil, usageErr("store.encryption_key_file: %v", err)
+		}
+		b = []byte(strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"))
+		if len(b) == 0 {
+			return nil, usageErr("store.encryption_key_file %s is empty", st.EncryptionKeyFile)
+		}
+		return b, nil
+	}
+	return nil, nil
+}
+
+// openRepo opens the store and the repository in it. create makes a new
+// repository when the store holds none (backup does; the others must not
+// invent an empty repository where the user mistyped a URL).
+func (s *session) openRepo(create bool) (*snapshot.Repository, error) {
+	// store.vault: log in to Vault (the vault block, or VAULT_TOKEN) and
+	// fill the store's credentials and key from it, as lifeboat run does.
+	if err := supervisor.ResolveStoreVault(s.ctx, s.cfg, s.log); err != nil {
+		if supervisor.IsConfigError(err) {
+			return nil, &cliError{exitUsage, err}
+		}
+		return nil, fmt.Errorf("store credentials from Vault: %w", err)
+	}
+	st := s.cfg.Store
+	key, err := encryptionKey(st)
+	if err != nil {
+		return nil, err
+	}
+	store, err := storage.Open(s.ctx, st.URL, storeOptions(st))
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", config.RedactURL(st.URL), err)
+	}
+	repo, err := snapshot.Open(s.ctx, store, snapshot.Options{Key: key, Create: create, Logger: s.log})
+	if err != nil {
+		store.Close()
+		if errors.Is(err, snapshot.ErrNoRepository) {
+			return nil, fmt.Errorf("%w; check --store / store.url / $LIFEBOAT_STORE (a repository is created by the first backup)", err)
+		}
+		return nil, err
+	}
+	return repo, nil
+}
+
+// display is a progress display on stderr: a redrawn line on a terminal,
+// periodic log lines otherwise.
+func (s *session) display(op, verb string) *progress.Display {
+	return progress.New(progress.Options{Op: op, TransferVerb: verb, Out: os.Stderr, TTY: progress.IsTerminal(os.Stderr), Logger: s.log})
+}
+
+// progressFunc adapts the engine's counters to the display. The engine
+// reports Done also when it failed, so the display is ended by the caller
+// (Finish on success, Abort on error), never by the engine's last call.
+func progressFunc(d *progress.Display) func(snapshot.Progress) {
+	return func(p snapshot.Progress) {
+		d.Update(progress.Stats{Files: p.Files, TotalFiles: p.TotalFiles, Bytes: p.Bytes, TotalBytes: p.TotalBytes,
+			Transferred: p.Stored, Elapsed: p.Elapsed})
+	}
+}
+
+func runSnapshots(args []string) int {
+	fs := flag.NewFlagSet("snapshots", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: lifeboat snapshots [--store URL] [--config F] [--json]")
+		fmt.Fprintln(os.Stderr, "\nLists the snapshots, oldest first; * marks the one `restore --snapshot latest` picks.")
+		fs.PrintDefaults()
+	}
+	var rf repoFlags
+	rf.register(fs)
+	asJSON := fs.Bool("json", false, "print the manifests as a JSON array")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	s, err := rf.load("")
+	if err != nil {
+		return exitWith("snapshots", err)
+	}
+	defer s.stop()
+	repo, err := s.openRepo(false)
+	if err != nil {
+		return exitWith("snapshots", err)
+	}
+	defer repo.Store().Close()
+	list, err := repo.Snapshots(s.ctx)
+	if err != nil {
+		return exitWith("snapshots", err)
+	}
+	if *asJSON {
+		if list == nil {
+			list = []*snapshot.Manifest{}
+		}
+		b, _ := json.MarshalIndent(list, "", "  ")
+		fmt.Println(string(b))
+		return 0
+	}
+	writeSnapshotTable(os.Stdout, list, snapshot.Latest(list), time.Local)
+	return 0
+}
+
+// writeSnapshotTable prints one row per snapshot, oldest first.
+func writeSnapshotTable(w io.Writer, list []*snapshot.Manifest, latest *snapshot.Manifest, loc *time.Location) {
+	if len(list) == 0 {
+		fmt.Fprintln(w, "no snapshots")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTIME\tHOST\tFILES\tSIZE\tADDED\tTAGS\tREASON")
+	for _, m := range list {
+		id := m.ID
+		if m == latest {
+			id += " *"
+		}
+		st := m.Stats
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, m.Time.In(loc).Format("2006-01-02 15:04:05"), orDash(m.Host),
+			progress.FormatCount(int64(st.Files)), progress.FormatBytes(st.Bytes), progress.FormatBytes(st.NewBytes),
+			orDash(strings.Join(m.Tags, ",")), orDash(m.Reason))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d snapshots\n", len(list))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
