@@ -211,7 +211,7 @@ func startLifeboat(t *testing.T, cfg string, env ...string) *lifeboatRun {
 		}
 	}()
 	t.Cleanup(func() {
-		l.cmd.Process.Signal(syscall.SIGKILL)
+		testrig.KillTree(l.cmd.Process.Pid) // lifeboat and its app, which has a process group of its own
 		<-l.done
 	})
 	return l

@@ -183,7 +183,7 @@ log { level = "info" }
 		}
 		done := make(chan struct{})
 		go func() { cmd.Wait(); out.Close(); close(done) }()
-		t.Cleanup(func() { cmd.Process.Kill(); <-done })
+		t.Cleanup(func() { testrig.KillTree(cmd.Process.Pid); <-done })
 		return cmd, done
 	}
 	waitStarted := func(done chan struct{}) time.Time {
@@ -238,7 +238,7 @@ log { level = "info" }
 	t.Logf("notify-to-durable after changing %d MiB, %d runs: median %s, p90 %s, min %s, max %s",
 		changeBytes>>20, runs, st.median.Round(time.Millisecond), st.p90.Round(time.Millisecond),
 		st.min.Round(time.Millisecond), st.max.Round(time.Millisecond))
-	cmd.Process.Signal(syscall.SIGKILL) // the container is lost
+	testrig.KillTree(cmd.Process.Pid) // the container is lost, with its app
 	<-done
 
 	// settle runs before each timed restore: a restore ends with syncfs,
@@ -264,7 +264,7 @@ log { level = "info" }
 		cmd, done := run()
 		at := waitStarted(done)
 		boot = append(boot, at.Sub(t0))
-		cmd.Process.Signal(syscall.SIGKILL)
+		testrig.KillTree(cmd.Process.Pid)
 		<-done
 		if os.Getenv("RPO_DEBUG") != "" {
 			lb, _ := os.ReadFile(filepath.Join(work, "run.log"))

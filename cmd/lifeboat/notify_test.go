@@ -48,7 +48,7 @@ func TestCLIAgainstLifeboatRun(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- run.Wait() }()
 	t.Cleanup(func() {
-		syscall.Kill(-run.Process.Pid, syscall.SIGKILL)
+		testrig.KillTree(run.Process.Pid) // the app leads a process group of its own
 		<-exited
 	})
 
