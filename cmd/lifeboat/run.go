@@ -7,10 +7,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/lifeboat/lifeboat/cmd/lifeboat/internal/early"
 	"github.com/lifeboat/lifeboat/supervisor"
 	"github.com/lifeboat/lifeboat/supervisor/config"
 	"github.com/lifeboat/lifeboat/supervisor/logging"
-	"github.com/lifeboat/lifeboat/supervisor/process"
 )
 
 func init() {
@@ -18,9 +18,9 @@ func init() {
 }
 
 func runRun(args []string) int {
-	// Catching every signal takes a millisecond or two; let it overlap
-	// with parsing flags and loading the config.
-	signals := process.CatchSignalsAsync()
+	// Catching every signal takes milliseconds; it started during package
+	// init (package early) and overlaps with it.
+	signals := early.Signals()
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: lifeboat run [flags] [-- COMMAND ARGS...]")
