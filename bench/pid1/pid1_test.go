@@ -89,7 +89,7 @@ func idleRSS(b *testing.B, argv []string) float64 {
 	// init has settled.
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if hasChildren(cmd.Process.Pid) {
+		if len(testrig.Children(cmd.Process.Pid)) > 0 {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -108,15 +108,4 @@ func idleRSS(b *testing.B, argv []string) float64 {
 	}
 	b.Fatal("no VmRSS")
 	return 0
-}
-
-// hasChildren looks at every thread: a Go init may fork from any of them.
-func hasChildren(pid int) bool {
-	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, f := range files {
-		if b, _ := os.ReadFile(f); len(strings.Fields(string(b))) > 0 {
-			return true
-		}
-	}
-	return false
 }

@@ -24,7 +24,7 @@ func KillTree(pid int) {
 		}
 		waitStopped(p)
 		all = append(all, p)
-		for _, c := range children(p) {
+		for _, c := range Children(p) {
 			walk(c)
 		}
 	}
@@ -54,9 +54,9 @@ func waitStopped(p int) {
 	}
 }
 
-// children lists p's children from every thread (a Go program forks from
+// Children lists p's children from every thread (a Go program forks from
 // any of them).
-func children(p int) []int {
+func Children(p int) []int {
 	var out []int
 	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", p))
 	for _, f := range files {
