@@ -114,9 +114,11 @@ type lease struct {
 	r   *Repository
 	key string
 	ttl time.Duration
+	obj Lease // what is written; only refresh touches it
 
 	mu       sync.Mutex
 	lastGood time.Time // when the last write was started that succeeded
+	lapsed   bool      // a gap between good writes was long enough for others to see it expired
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -126,35 +128,22 @@ type lease struct {
 // takeLease writes a lease object and keeps it fresh until release.
 func (r *Repository) takeLease(ctx context.Context, kind string) (*lease, error) {
 	host, _ := os.Hostname()
-	ttl := leaseTTL
 	l := Lease{Kind: kind, ID: randomID(8), Host: host, PID: os.Getpid(), Created: time.Now().UTC()}
-	h := &lease{r: r, key: locksPrefix + kind + "-" + l.ID, ttl: ttl, stop: make(chan struct{})}
-	write := func(ctx context.Context) error {
-		started := time.Now()
-		l.Refreshed, l.Expires = started.UTC(), started.Add(ttl).UTC()
-		b, _ := json.Marshal(l)
-		if err := r.store.Put(ctx, h.key, bytes.NewReader(b), int64(len(b))); err != nil {
-			return err
-		}
-		h.mu.Lock()
-		h.lastGood = started
-		h.mu.Unlock()
-		return nil
-	}
-	if err := write(ctx); err != nil {
+	h := &lease{r: r, key: locksPrefix + kind + "-" + l.ID, ttl: leaseTTL, obj: l, stop: make(chan struct{})}
+	if err := h.refresh(ctx); err != nil {
 		return nil, fmt.Errorf("take %s lease: %w", kind, err)
 	}
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		t := time.NewTicker(ttl / 3)
+		t := time.NewTicker(h.ttl / 3)
 		defer t.Stop()
 		for {
 			select {
 			case <-t.C:
 				// Bounded: a hung store must not hold up the next refresh.
-				wctx, cancel := context.WithTimeout(context.Background(), ttl/3)
-				err := write(wctx)
+				wctx, cancel := context.WithTimeout(context.Background(), h.ttl/3)
+				err := h.refresh(wctx)
 				cancel()
 				if err != nil {
 					r.log.Warn("cannot refresh lease", "lease", h.key, "error", err)
@@ -167,14 +156,41 @@ func (r *Repository) takeLease(ctx context.Context, kind string) (*lease, error)
 	return h, nil
 }
 
+// refresh writes the lease object with a new expiry. Called by takeLease
+// and then only by the refresh goroutine.
+func (h *lease) refresh(ctx context.Context) error {
+	started := time.Now()
+	h.obj.Refreshed, h.obj.Expires = started.UTC(), started.Add(h.ttl).UTC()
+	b, _ := json.Marshal(h.obj)
+	if err := h.r.store.Put(ctx, h.key, bytes.NewReader(b), int64(len(b))); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	// Once others may have seen the lease expired (and a prune may have
+	// deleted what this holder relies on), a later good write does not
+	// make it whole again.
+	if !h.lastGood.IsZero() && started.Sub(h.lastGood) > h.lostAfter() {
+		h.lapsed = true
+	}
+	h.lastGood = started
+	h.mu.Unlock()
+	return nil
+}
+
+// lostAfter is how long without a good refresh the lease counts as lost:
+// the ttl, less a margin for the time a check's result is acted on.
+func (h *lease) lostAfter() time.Duration { return h.ttl - h.ttl/6 }
+
 // check fails with ErrLeaseLost when the lease may have expired in the
-// eyes of others: no refresh succeeded within the last ttl, less a margin
-// for the time the check result is acted on.
+// eyes of others, now or at any time since it was taken.
 func (h *lease) check() error {
 	h.mu.Lock()
-	last := h.lastGood
+	last, lapsed := h.lastGood, h.lapsed
 	h.mu.Unlock()
-	if age := time.Since(last); age > h.ttl-h.ttl/6 {
+	if lapsed {
+		return fmt.Errorf("%s: %w (it went unrefreshed for longer than its ttl)", h.key, ErrLeaseLost)
+	}
+	if age := time.Since(last); age > h.lostAfter() {
 		return fmt.Errorf("%s: %w (last refreshed %s ago)", h.key, ErrLeaseLost, age.Round(time.Second))
 	}
 	return nil
@@ -192,16 +208,6 @@ func (h *lease) release() {
 			h.r.log.Warn("cannot delete lease; it expires by itself", "lease", h.key, "error", err)
 		}
 	})
-}
-
-// acquireBackupLease takes a shared backup lease and returns its release
-// function; see backupLease.
-func (r *Repository) acquireBackupLease(ctx context.Context) (func(), error) {
-	h, err := r.backupLease(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return h.release, nil
 }
 
 // backupLease takes a shared backup lease, refusing while a prune holds its

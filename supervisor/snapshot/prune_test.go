@@ -324,6 +324,32 @@ func TestLeaseExpiresAndIsLost(t *testing.T) {
 	}
 }
 
+// TestLeaseLapseIsFinal: a lease that went unrefreshed long enough for
+// others to count it expired stays lost when a refresh succeeds again
+// afterwards (a prune may have deleted packs its backup reuses meanwhile).
+func TestLeaseLapseIsFinal(t *testing.T) {
+	ctx := context.Background()
+	r := smallRepo(t, fileStore(t), nil)
+	defer func(d time.Duration) { leaseTTL = d }(leaseTTL)
+	leaseTTL = 300 * time.Millisecond
+
+	h, err := r.takeLease(ctx, LeaseBackup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.release()
+	close(h.stop) // no background refreshes: the store "partitioned"
+	h.wg.Wait()
+	h.stop = make(chan struct{}) // for release
+	waitFor(t, 2*time.Second, func() bool { return errors.Is(h.check(), ErrLeaseLost) })
+	if err := h.refresh(ctx); err != nil { // the store is back
+		t.Fatal(err)
+	}
+	if err := h.check(); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("check after the lapse and a good refresh: %v", err)
+	}
+}
+
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, d time.Duration, cond func() bool) {
 	t.Helper()
