@@ -326,22 +326,23 @@ func (r *Repository) reloadIndex(ctx context.Context) error {
 	return nil
 }
 
-// readIndexes reads every index object in the store; the first that cannot
-// be read fails it (callers that must report every bad one use
-// readIndexesTolerant).
+// readIndexes reads every index object in the store, skipping damaged
+// ones with a warning as LoadIndex does.
 func (r *Repository) readIndexes(ctx context.Context) (map[string]*indexFile, error) {
 	idx, bad, err := r.readIndexesTolerant(ctx)
 	if err != nil {
 		return nil, err
 	}
 	for key, e := range bad {
-		return nil, fmt.Errorf("index %s: %w", key, e)
+		r.log.Warn("skipping a damaged index object; run lifeboat verify", "object", key, "error", e)
 	}
 	return idx, nil
 }
 
 // readIndexesTolerant reads every index object, returning the good ones
-// and the error of each bad one. err is for failures to list.
+// and the error of each damaged one (ErrCorrupt). Any other failure (to
+// list, to read: a network error, an unsupported version) is err: such an
+// object is not known to be damaged, so nobody may delete it as such.
 func (r *Repository) readIndexesTolerant(ctx context.Context) (good map[string]*indexFile, bad map[string]error, err error) {
 	var keys []string
 	if err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
@@ -362,6 +363,9 @@ func (r *Repository) readIndexesTolerant(ctx context.Context) (good map[string]*
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if !errors.Is(err, ErrCorrupt) {
+				return err
 			}
 			bad[key] = err
 			return nil

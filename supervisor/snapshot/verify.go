@@ -444,32 +444,6 @@ func withoutChunks(t *Tree) *Tree {
 	return c
 }
 
-// OpenForRepair opens the repository in store like Open, but without
-// loading the index, so Verify and RepairIndex run even when index objects
-// are damaged (Open fails on the first it cannot read). Use the result only
-// for those two.
-func OpenForRepair(ctx context.Context, store storage.Store, opts Options) (*Repository, error) {
-	opts.Create = false
-	r, err := Open(ctx, hideIndex{store}, opts)
-	if err != nil {
-		return nil, err
-	}
-	r.store = store
-	return r, nil
-}
-
-// hideIndex is a store whose index objects are not listed.
-type hideIndex struct{ storage.Store }
-
-func (h hideIndex) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
-	return h.Store.List(ctx, prefix, func(o storage.ObjectInfo) error {
-		if strings.HasPrefix(o.Key, indexPrefix) {
-			return nil
-		}
-		return fn(o)
-	})
-}
-
 // RepairResult reports what RepairIndex did.
 type RepairResult struct {
 	PacksIndexed   int      `json:"packs_indexed"`   // packs in no readable index, indexed from their trailers

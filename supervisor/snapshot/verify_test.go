@@ -240,7 +240,7 @@ func TestRepairIndexFromPackTrailers(t *testing.T) {
 			if rep, err := Verify(ctx, ro, VerifyOptions{}); err != nil || rep.OK() || !strings.Contains(fmt.Sprintf("%+v", rep.Problems), idx[1]) {
 				t.Fatalf("verify after a plain open does not name the damaged index %s: %+v %v", idx[1], rep.Problems, err)
 			}
-			rr, err := OpenForRepair(ctx, s, Options{Key: key})
+			rr, err := Open(ctx, s, Options{Key: key})
 			if err != nil {
 				t.Fatal(err)
 			}
