@@ -9,6 +9,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"syscall"
 
 	"github.com/lifeboat/lifeboat/supervisor/process"
 )
@@ -51,15 +52,21 @@ func FormatMetadata(md map[string]string) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// readMetadata reads the file a hook wrote. The hook's user may replace
+// it in the shared temp dir, and lifeboat reads it as root: a symlink (to
+// /etc/shadow, say) or a FIFO in its place is refused, not followed.
 func readMetadata(path string) (map[string]string, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return map[string]string{}, nil // the hook removed it: no metadata
 	}
 	if err != nil {
-		return nil, fmt.Errorf("metadata file %s: %w", path, err)
+		return nil, fmt.Errorf("metadata file %s: %w (it must be a regular file)", path, err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("metadata file %s: not a regular file", path)
+	}
 	data, err := io.ReadAll(io.LimitReader(f, MaxMetadataBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("metadata file %s: %w", path, err)

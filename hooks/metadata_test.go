@@ -2,8 +2,12 @@ package hooks
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestParseMetadata(t *testing.T) {
@@ -76,4 +80,39 @@ func FuzzParseMetadata(f *testing.F) {
 			t.Fatalf("round trip: %v -> %q -> %v %v", md, out, again, err)
 		}
 	})
+}
+
+// TestReadMetadataRefusesLinksAndFIFOs: the hook's user can replace the
+// metadata file in the shared temp dir; lifeboat (root) must not follow a
+// symlink to a file the hook cannot read, nor block on a FIFO.
+func TestReadMetadataRefusesLinksAndFIFOs(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	os.WriteFile(secret, []byte("password=hunter2\n"), 0o600)
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(secret, link); err != nil {
+		t.Fatal(err)
+	}
+	if md, err := readMetadata(link); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("symlink followed: %v %v", md, err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := readMetadata(fifo); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a FIFO was read as metadata")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("reading a FIFO blocked")
+	}
+	regular := filepath.Join(dir, "regular")
+	os.WriteFile(regular, []byte("gtid=0-1-42\n"), 0o600)
+	if md, err := readMetadata(regular); err != nil || md["gtid"] != "0-1-42" {
+		t.Fatalf("regular file: %v %v", md, err)
+	}
 }
