@@ -30,6 +30,11 @@ const (
 // ErrStopped answers requests made after the loop stopped.
 var ErrStopped = errors.New("the backup loop has stopped")
 
+// ErrSkipped, wrapped in the error Run returns, says the backup was not
+// taken on purpose (a node that is not the leader under only_leader): the
+// waiters get the error, but it is no failure, so nothing is retried.
+var ErrSkipped = errors.New("backup skipped")
+
 // Request asks for a backup.
 type Request struct {
 	Source string
@@ -125,9 +130,6 @@ func (w *Waiter) Wait(ctx context.Context) (string, error) {
 		return "", ctx.Err()
 	}
 }
-
-// Done is closed when the result is known.
-func (w *Waiter) Done() <-chan struct{} { return w.done }
 
 type pending struct {
 	batch   Batch
@@ -277,6 +279,10 @@ func (l *Loop) runBatch(ctx context.Context, p *pending) (string, error) {
 	l.running = false
 	l.m.running.Set(0)
 	l.status.LastDuration = d.Round(time.Millisecond).String()
+	if errors.Is(err, ErrSkipped) {
+		l.log.Info("backup skipped", "reason", err, "sources", p.batch.Sources())
+		return snap, err
+	}
 	if err != nil {
 		l.status.Failures++
 		l.status.ConsecutiveFailures++
@@ -299,9 +305,7 @@ func (l *Loop) runBatch(ctx context.Context, p *pending) (string, error) {
 			l.pending = &pending{}
 			l.m.pending.Set(1)
 		}
-		if l.pending != nil {
-			l.pending.batch.Requests = append(l.pending.batch.Requests, Request{Source: SourceRetry})
-		}
+		l.pending.batch.Requests = append(l.pending.batch.Requests, Request{Source: SourceRetry})
 		return snap, err
 	}
 	l.status.Backups++

@@ -430,3 +430,30 @@ func TestFinalWithoutStart(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSkippedIsNoFailure: a backup Run declines on purpose (ErrSkipped,
+// e.g. a node that is no longer the leader) answers its waiter with the
+// error but counts no failure and schedules no retry.
+func TestSkippedIsNoFailure(t *testing.T) {
+	var runs atomic.Int32
+	loop := New(Options{RetryInitial: 10 * time.Millisecond, Run: func(ctx context.Context, b Batch) (string, error) {
+		runs.Add(1)
+		return "", fmt.Errorf("not the leader: %w", ErrSkipped)
+	}})
+	loop.Start()
+	defer loop.Stop(context.Background())
+	if _, err := waitFor(t, loop.Trigger(Request{Source: SourceNotify})); !errors.Is(err, ErrSkipped) {
+		t.Fatalf("waiter got %v, want ErrSkipped", err)
+	}
+	// Long enough for several retries at 10ms if it were a failure.
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if runs.Load() > 1 {
+			t.Fatalf("a skipped backup was retried (%d runs)", runs.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := loop.Status(); st.Failures != 0 || st.ConsecutiveFailures != 0 || st.LastError != "" || st.NextRetry != "" {
+		t.Fatalf("status after a skip: %+v", st)
+	}
+}
