@@ -307,12 +307,16 @@ func (r *Repository) dropStaleIndex(ctx context.Context) error {
 }
 
 // reloadIndex replaces the in-memory index with what the index objects in
-// the store say now. The new index is built aside and swapped in, so
-// lookups never see a half-loaded one.
+// the store say now, skipping damaged ones with a warning as LoadIndex
+// does. The new index is built aside and swapped in, so lookups never see
+// a half-loaded one.
 func (r *Repository) reloadIndex(ctx context.Context) error {
-	idx, err := r.readIndexes(ctx)
+	idx, bad, err := r.readIndexesTolerant(ctx)
 	if err != nil {
 		return err
+	}
+	for key, e := range bad {
+		r.log.Warn("skipping a damaged index object; run lifeboat verify", "object", key, "error", e)
 	}
 	fresh := &Repository{index: map[ChunkID]BlobRef{}}
 	loaded := map[string]bool{}
@@ -326,15 +330,16 @@ func (r *Repository) reloadIndex(ctx context.Context) error {
 	return nil
 }
 
-// readIndexes reads every index object in the store, skipping damaged
-// ones with a warning as LoadIndex does.
+// readIndexes reads every index object in the store; a damaged one fails
+// it. Prune needs this: the packs only a damaged object lists would look
+// unindexed, and prune deletes unindexed packs.
 func (r *Repository) readIndexes(ctx context.Context) (map[string]*indexFile, error) {
 	idx, bad, err := r.readIndexesTolerant(ctx)
 	if err != nil {
 		return nil, err
 	}
 	for key, e := range bad {
-		r.log.Warn("skipping a damaged index object; run lifeboat verify", "object", key, "error", e)
+		return nil, fmt.Errorf("index %s: %w", key, e)
 	}
 	return idx, nil
 }

@@ -324,6 +324,31 @@ func TestLeaseExpiresAndIsLost(t *testing.T) {
 	}
 }
 
+// TestPruneRefusesDamagedIndex: the packs only a damaged index object
+// lists look unindexed, and prune deletes unindexed packs; so prune must
+// refuse instead of skipping the object (as a backup's index load does).
+func TestPruneRefusesDamagedIndex(t *testing.T) {
+	ctx := context.Background()
+	s := fileStore(t)
+	r := smallRepo(t, s, nil)
+	if _, err := r.Backup(ctx, BackupRequest{Dir: snapshotDir(t, map[string][]byte{"a": randBytes(1 << 20)})}); err != nil {
+		t.Fatal(err)
+	}
+	idx := objectKeys(t, s, indexPrefix)
+	b, _ := r.getAll(ctx, idx[0], 1<<20)
+	b[len(b)-1] ^= 1
+	s.Put(ctx, idx[0], bytes.NewReader(b), int64(len(b)))
+	packs := objectKeys(t, s, packPrefix)
+
+	_, err := Prune(ctx, r, KeepPolicy{Last: 1}, PruneOptions{Grace: -1})
+	if err == nil || !strings.Contains(err.Error(), "run lifeboat verify before pruning") {
+		t.Fatalf("prune with a damaged index: %v", err)
+	}
+	if after := objectKeys(t, s, packPrefix); len(after) != len(packs) {
+		t.Fatalf("prune deleted packs: %d before, %d after", len(packs), len(after))
+	}
+}
+
 // TestLeaseLapseIsFinal: a lease that went unrefreshed long enough for
 // others to count it expired stays lost when a refresh succeeds again
 // afterwards (a prune may have deleted packs its backup reuses meanwhile).
