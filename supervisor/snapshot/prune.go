@@ -119,9 +119,12 @@ func Prune(ctx context.Context, r *Repository, policy KeepPolicy, opts PruneOpti
 	if err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
-	keptTrees := map[string]bool{}
+	keptTrees, forgotTrees := map[string]bool{}, map[string]bool{}
 	for _, m := range keep {
 		keptTrees[m.TreeKey] = true
+	}
+	for _, m := range forget {
+		forgotTrees[m.TreeKey] = true
 	}
 
 	// 3. Index and packs as stored now.
@@ -199,7 +202,7 @@ func Prune(ctx context.Context, r *Repository, policy KeepPolicy, opts PruneOpti
 	// that died between tree and manifest (after the grace period).
 	var orphanTrees []string
 	if err := r.store.List(ctx, treesPrefix, func(o storage.ObjectInfo) error {
-		if !keptTrees[o.Key] && (!o.ModTime.After(cutoff) || forgotten(forget, o.Key)) {
+		if !keptTrees[o.Key] && (!o.ModTime.After(cutoff) || forgotTrees[o.Key]) {
 			orphanTrees = append(orphanTrees, o.Key)
 		}
 		return nil
@@ -288,15 +291,6 @@ func Prune(ctx context.Context, r *Repository, policy KeepPolicy, opts PruneOpti
 	return res, nil
 }
 
-func forgotten(list []*Manifest, treeKey string) bool {
-	for _, m := range list {
-		if m.TreeKey == treeKey {
-			return true
-		}
-	}
-	return false
-}
-
 func containsSorted(list []string, s string) bool {
 	i := sort.SearchStrings(list, s)
 	return i < len(list) && list[i] == s
@@ -322,21 +316,18 @@ func (r *Repository) referencedChunks(ctx context.Context, list []*Manifest) (ma
 		defer mu.Unlock()
 		for _, e := range t.Entries {
 			for _, id := range e.Chunks {
-				used[id] = false
+				used[id] = true
 			}
 		}
 		for _, s := range t.Streams {
 			for _, id := range s.Chunks {
-				used[id] = false
+				used[id] = true
 			}
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
-	}
-	for id := range used {
-		used[id] = true
 	}
 	return used, nil
 }
