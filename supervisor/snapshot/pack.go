@@ -103,37 +103,9 @@ func (r *Repository) decodeTrailer(t []byte) ([]packEntry, error) {
 // ReadPackTrailer reads the blob list of a stored pack from its trailer
 // alone, which is how a lost index is rebuilt.
 func (r *Repository) ReadPackTrailer(ctx context.Context, packID string, size int64) ([]BlobRef, error) {
-	if size < packFooterSize {
-		return nil, fmt.Errorf("pack %s: %w: truncated (%d bytes)", packID, ErrCorrupt, size)
-	}
-	rc, err := r.store.GetRange(ctx, packKey(packID), size-packFooterSize, packFooterSize)
+	entries, err := r.readTrailerEntries(ctx, packID, size)
 	if err != nil {
 		return nil, err
-	}
-	foot, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		return nil, err
-	}
-	if len(foot) != packFooterSize || !bytes.Equal(foot[4:8], packMagic) || foot[8] != packVersion {
-		return nil, fmt.Errorf("pack %s: %w: no pack footer (truncated?)", packID, ErrCorrupt)
-	}
-	tlen := int64(binary.LittleEndian.Uint32(foot))
-	if tlen > maxTrailerBytes || tlen > size-packFooterSize {
-		return nil, fmt.Errorf("pack %s: %w: trailer length %d", packID, ErrCorrupt, tlen)
-	}
-	rc, err = r.store.GetRange(ctx, packKey(packID), size-packFooterSize-tlen, tlen)
-	if err != nil {
-		return nil, err
-	}
-	t, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		return nil, err
-	}
-	entries, err := r.decodeTrailer(t)
-	if err != nil {
-		return nil, fmt.Errorf("pack %s: %w", packID, err)
 	}
 	refs := make([]BlobRef, len(entries))
 	var off int64
@@ -141,10 +113,72 @@ func (r *Repository) ReadPackTrailer(ctx context.Context, packID string, size in
 		refs[i] = BlobRef{Pack: packID, Offset: off, Length: e.Length, Raw: e.Raw, Flags: e.Flags}
 		off += int64(e.Length)
 	}
-	if off != size-packFooterSize-tlen {
-		return nil, fmt.Errorf("pack %s: %w: blobs cover %d bytes of %d", packID, ErrCorrupt, off, size-packFooterSize-tlen)
-	}
 	return refs, nil
+}
+
+// readTrailerEntries reads a pack's blob list (with chunk ids) from its
+// footer and trailer: two ranged reads, not the whole pack.
+func (r *Repository) readTrailerEntries(ctx context.Context, id string, size int64) ([]packEntry, error) {
+	get := func(off, n int64) ([]byte, error) {
+		rc, err := r.store.GetRange(ctx, packKey(id), off, n)
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		b, err := io.ReadAll(io.LimitReader(rc, n+1))
+		if err == nil && int64(len(b)) != n {
+			err = fmt.Errorf("%w: short read", ErrCorrupt)
+		}
+		return b, err
+	}
+	if size < packFooterSize {
+		return nil, fmt.Errorf("pack %s: %w: truncated (%d bytes)", id, ErrCorrupt, size)
+	}
+	foot, err := get(size-packFooterSize, packFooterSize)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id, err)
+	}
+	tlen, err := trailerLength(foot, size)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id, err)
+	}
+	t, err := get(size-packFooterSize-tlen, tlen)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id, err)
+	}
+	entries, err := r.decodeTrailer(t)
+	if err == nil {
+		err = checkCover(entries, size-packFooterSize-tlen)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id, err)
+	}
+	return entries, nil
+}
+
+// trailerLength checks a pack's footer (the last packFooterSize bytes of
+// a pack of size bytes) and returns the trailer's length.
+func trailerLength(foot []byte, size int64) (int64, error) {
+	if len(foot) != packFooterSize || !bytes.Equal(foot[4:8], packMagic) || foot[8] != packVersion {
+		return 0, fmt.Errorf("%w: no pack footer (truncated?)", ErrCorrupt)
+	}
+	tlen := int64(binary.LittleEndian.Uint32(foot))
+	if tlen > maxTrailerBytes || tlen > size-packFooterSize {
+		return 0, fmt.Errorf("%w: trailer length %d", ErrCorrupt, tlen)
+	}
+	return tlen, nil
+}
+
+// checkCover checks that the blobs of a trailer fill the n bytes before it.
+func checkCover(entries []packEntry, n int64) error {
+	var total int64
+	for _, e := range entries {
+		total += int64(e.Length)
+	}
+	if total != n {
+		return fmt.Errorf("%w: blobs cover %d bytes of %d", ErrCorrupt, total, n)
+	}
+	return nil
 }
 
 // packer collects sealed blobs into packs and uploads full packs in the
