@@ -193,3 +193,16 @@ func IsNotFound(err error) bool {
 	var se api.StatusError
 	return errors.As(err, &se) && se.Code == 404
 }
+
+// IsUnknownCheck reports whether err is the agent's answer to a TTL update
+// of a check it does not have: it forgot the registration (an agent
+// restart without state). The status code has varied between Consul
+// versions, so the body is matched, in both wordings.
+func IsUnknownCheck(err error) bool {
+	var se api.StatusError
+	if !errors.As(err, &se) {
+		return false
+	}
+	b := strings.ToLower(se.Body)
+	return strings.Contains(b, "does not have associated ttl") || strings.Contains(b, "unknown check")
+}

@@ -377,3 +377,20 @@ acl {
 		t.Errorf("get with the token: %v", err)
 	}
 }
+
+func TestIsUnknownCheck(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("update: %w", api.StatusError{Code: 404, Body: `Unknown check ID "service:web". Ensure that the check ID is passed, not the check name.`}), true},
+		{api.StatusError{Code: 500, Body: `CheckID "service:web" does not have associated TTL`}, true},
+		{api.StatusError{Code: 500, Body: "rpc error"}, false},
+		{fmt.Errorf("unknown check"), false}, // not the agent's answer
+		{nil, false},
+	} {
+		if got := consul.IsUnknownCheck(tc.err); got != tc.want {
+			t.Errorf("IsUnknownCheck(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}

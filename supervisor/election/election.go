@@ -189,7 +189,6 @@ type Elector struct {
 	released  bool
 	runDone   chan struct{}
 	sess      *session // the session of the running loop; nil between sessions
-	leading   bool     // this node acts as leader: from on_leader's start to on_demote's end
 }
 
 // New checks opts, fills defaults and returns an Elector.
@@ -363,12 +362,6 @@ func (e *Elector) setError(err error) {
 func (e *Elector) setTransition(name string) {
 	e.mu.Lock()
 	e.st.Transition = name
-	e.mu.Unlock()
-}
-
-func (e *Elector) setLeading(v bool) {
-	e.mu.Lock()
-	e.leading = v
 	e.mu.Unlock()
 }
 

@@ -71,7 +71,6 @@ func (e *Elector) Run(ctx context.Context) error {
 	}
 	released := e.released
 	e.mu.Unlock()
-	e.setLeading(false)
 	e.setRole(RoleCandidate, Leader{}, 0)
 	if released {
 		return ErrReleased
@@ -119,7 +118,6 @@ func (e *Elector) Release(ctx context.Context) error {
 			return fmt.Errorf("election: release: the election did not stop in time: %w", ctx.Err())
 		}
 	}
-	e.setLeading(false)
 	e.setRole(RoleCandidate, Leader{}, 0)
 	e.mu.Lock()
 	s := e.sess
@@ -261,7 +259,6 @@ func (e *Elector) acquire(ctx context.Context, s *session) (uint64, error) {
 func (e *Elector) lead(ctx context.Context, s *session, token uint64) (ok, sitOut bool) {
 	self := Leader{Node: e.opts.NodeID, Address: e.opts.Advertise, Port: e.opts.Port}
 	e.log.Info("election: acquired the lock; promoting", "fencing_token", token)
-	e.setLeading(true)
 	e.mu.Lock()
 	e.st.Terms++
 	e.mu.Unlock()
@@ -298,7 +295,6 @@ func (e *Elector) demote(s *session, token uint64, reason string) {
 	ctx, cancel := context.WithDeadline(context.Background(), budget)
 	err := e.runHook(ctx, HookOnDemote, e.hookEnv(RoleFollower, Leader{}, token, ""))
 	cancel()
-	e.setLeading(false)
 	if err != nil {
 		err = fmt.Errorf("election: on_demote did not fence the app (term %d): %w", token, err)
 		e.log.Error("election: demotion hook failed; the app may still act as primary", "error", err)

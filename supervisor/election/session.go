@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/lifeboat/lifeboat/supervisor/consul"
 )
 
 // session is one Consul session of this node with the agent TTL check it
@@ -184,8 +185,7 @@ func (e *Elector) renew(ctx context.Context, s *session) error {
 	cctx, cancel := context.WithTimeout(ctx, e.requestTimeout())
 	defer cancel()
 	if err := e.client.Agent().UpdateTTLOpts(s.checkID, "", api.HealthPassing, (&api.QueryOptions{}).WithContext(cctx)); err != nil {
-		var se api.StatusError
-		if errors.As(err, &se) && (se.Code == 404 || strings.Contains(strings.ToLower(se.Body), "unknown check")) {
+		if consul.IsNotFound(err) || consul.IsUnknownCheck(err) {
 			// The agent forgot the check (restarted without state): the
 			// session depending on it is invalid or about to be.
 			return fmt.Errorf("%w: agent does not know check %q: %v", errSessionGone, s.checkID, err)

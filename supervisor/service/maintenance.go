@@ -9,6 +9,7 @@ import (
 	"net/http"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/lifeboat/lifeboat/supervisor/consul"
 )
 
 // PathMaintenance is the control-socket endpoint MaintenanceHandler serves.
@@ -60,7 +61,7 @@ func (r *Registration) SetMaintenance(ctx context.Context, enable bool, reason s
 		if !enable {
 			verb = "disabling"
 		}
-		if isNotFound(err) {
+		if consul.IsNotFound(err) {
 			// The agent forgot the service; the keeper registers it again.
 			r.markForgotten()
 			r.kick()

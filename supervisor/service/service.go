@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/lifeboat/lifeboat/supervisor/consul"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -111,12 +112,11 @@ type Registration struct {
 	maintReason   string
 	draining      bool
 	registered    bool // the agent has the service, as far as we know
-	everReg       bool
 	dirty         bool // the agent must be sent the registration (again)
 	wake          context.CancelFunc
 	last          *Result
 	lastErr       string
-	registrations int
+	registrations int // sent and taken by the agent; > 0: Close deregisters
 }
 
 // New checks opts and prepares a Registration; it does not contact Consul.
@@ -224,7 +224,7 @@ func (r *Registration) Close(ctx context.Context) error {
 		}
 	}
 	r.mu.Lock()
-	ever := r.everReg
+	ever := r.registrations > 0
 	r.registered = false
 	r.mu.Unlock()
 	r.m.registered.Set(0)
@@ -232,7 +232,7 @@ func (r *Registration) Close(ctx context.Context) error {
 		return nil
 	}
 	err := r.opts.Client.Agent().ServiceDeregisterOpts(r.id, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil && !isNotFound(err) {
+	if err != nil && !consul.IsNotFound(err) {
 		return fmt.Errorf("service %s: deregistering from the Consul agent: %w", r.id, err)
 	}
 	r.log.Info("service deregistered")
@@ -339,7 +339,9 @@ func (r *Registration) keep(ctx context.Context) {
 				backoff = min(backoff*2, r.opts.RetryMax)
 				continue
 			}
-			backoff = r.opts.RetryInitial
+			// The backoff is reset only once the agent shows the
+			// registration back as sent: one it does not keep must not
+			// be sent again and again without a pause.
 			hash = ""
 		}
 
@@ -353,7 +355,7 @@ func (r *Registration) keep(ctx context.Context) {
 			return
 		case kicked:
 			// A change to send (dirty is set); loop to send it.
-		case isNotFound(err):
+		case consul.IsNotFound(err):
 			r.log.Warn("the Consul agent does not know the service any more (agent restarted?); registering it again")
 			r.markForgotten()
 		case err != nil:
@@ -363,13 +365,21 @@ func (r *Registration) keep(ctx context.Context) {
 			backoff = min(backoff*2, r.opts.RetryMax)
 			hash = "" // ask at once when it answers again
 		default:
-			backoff = r.opts.RetryInitial
 			hash = qm.LastContentHash
 			r.setErr(nil)
-			if !r.matches(svc) {
-				r.log.Warn("the service's registration on the agent was changed outside lifeboat; registering it again")
-				r.kick()
+			if r.matches(svc) {
+				backoff = r.opts.RetryInitial
+				break
 			}
+			// Registered again after the backoff, not at once: something
+			// that keeps changing it (or an agent that does not keep what
+			// lifeboat sends) must not make lifeboat loop hot.
+			r.log.Warn("the service's registration on the agent was changed outside lifeboat; registering it again", "retry_in", backoff.String())
+			r.mu.Lock()
+			r.dirty = true
+			r.mu.Unlock()
+			sleep(wctx, backoff)
+			backoff = min(backoff*2, r.opts.RetryMax)
 		}
 		cancelWait()
 	}
@@ -448,23 +458,40 @@ func (r *Registration) register(ctx context.Context) error {
 		r.mu.Unlock()
 		return fmt.Errorf("registering service %s with the Consul agent: %w", r.id, err)
 	}
+	// From here on the agent has the service (Close deregisters it). What
+	// it did not take is an error: the keeper sends the registration again
+	// after its backoff rather than at once, which could loop hot.
+	var incomplete error
 	if last != nil && r.checker != nil {
-		if err := r.updateTTL(rctx, *last); err != nil {
+		err := r.reportTTL(rctx, *last)
+		switch {
+		case consul.IsNotFound(err) || consul.IsUnknownCheck(err):
+			incomplete = fmt.Errorf("the Consul agent took service %s but does not know its check: %w", r.id, err)
+		case err != nil:
 			r.log.Warn("cannot report the last check result after registering", "error", err)
 		}
 	}
-	if maint {
+	if maint && incomplete == nil {
 		if err := r.opts.Client.Agent().EnableServiceMaintenanceOpts(r.id, reason, (&api.QueryOptions{}).WithContext(rctx)); err != nil {
-			r.log.Warn("cannot restore maintenance mode after registering; retrying", "error", err)
-			r.kick()
+			incomplete = fmt.Errorf("restoring maintenance mode of service %s after registering: %w", r.id, err)
 		}
 	}
 	r.mu.Lock()
-	first := !r.everReg
-	r.registered, r.everReg = true, true
+	first := r.registrations == 0
+	r.registered = true
 	r.registrations++
 	r.lastErr = ""
+	// SetMaintenance only records a change while the service is not
+	// registered, and this registration carried the mode read at its
+	// start: a change made meanwhile must be sent with the next one.
+	maintChanged := r.maint != maint || r.maintReason != reason
+	if incomplete != nil || maintChanged {
+		r.dirty = true
+	}
 	r.mu.Unlock()
+	if maintChanged && incomplete == nil {
+		r.kick()
+	}
 	r.m.registered.Set(1)
 	r.m.registrations.Inc()
 	if first {
@@ -472,7 +499,7 @@ func (r *Registration) register(ctx context.Context) error {
 	} else {
 		r.log.Info("service registered again", "tags", tags, "role", role)
 	}
-	return nil
+	return incomplete
 }
 
 // checkLoop runs the check every interval and reports each result.
@@ -541,6 +568,18 @@ func (r *Registration) record(res Result) {
 // updateTTL reports res to the TTL check. A 404 or an agent that does not
 // know the check means it forgot the registration: send it again.
 func (r *Registration) updateTTL(ctx context.Context, res Result) error {
+	err := r.reportTTL(ctx, res)
+	if consul.IsNotFound(err) || consul.IsUnknownCheck(err) {
+		r.log.Warn("the Consul agent does not know the check any more (agent restarted?); registering the service again")
+		r.markForgotten()
+		r.kick()
+	}
+	return err
+}
+
+// reportTTL reports res to the TTL check and leaves it to the caller what
+// an agent that does not know the check means.
+func (r *Registration) reportTTL(ctx context.Context, res Result) error {
 	ctx, cancel := context.WithTimeout(ctx, r.opts.RequestTimeout)
 	defer cancel()
 	err := r.opts.Client.Agent().UpdateTTLOpts(r.checkID, res.Output, res.State, (&api.QueryOptions{}).WithContext(ctx))
@@ -550,11 +589,6 @@ func (r *Registration) updateTTL(ctx context.Context, res Result) error {
 	}
 	r.m.ttlUpdateErrors.Inc()
 	r.setErr(fmt.Errorf("reporting the check to the Consul agent: %w", err))
-	if isNotFound(err) || isUnknownCheck(err) {
-		r.log.Warn("the Consul agent does not know the check any more (agent restarted?); registering the service again")
-		r.markForgotten()
-		r.kick()
-	}
 	return fmt.Errorf("reporting check %s to the Consul agent: %w", r.checkID, err)
 }
 
@@ -566,23 +600,6 @@ func (r *Registration) setErr(err error) {
 		return
 	}
 	r.lastErr = err.Error()
-}
-
-// isNotFound reports Consul's 404.
-func isNotFound(err error) bool {
-	var se api.StatusError
-	return errors.As(err, &se) && se.Code == 404
-}
-
-// isUnknownCheck matches the agent's answers for a TTL update of a check
-// it does not have (the status code has varied between versions).
-func isUnknownCheck(err error) bool {
-	var se api.StatusError
-	if !errors.As(err, &se) {
-		return false
-	}
-	b := strings.ToLower(se.Body)
-	return strings.Contains(b, "does not have associated ttl") || strings.Contains(b, "unknown check")
 }
 
 // sleep waits d or until ctx ends.
