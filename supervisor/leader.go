@@ -17,7 +17,6 @@ import (
 
 	"github.com/lifeboat/lifeboat/hooks"
 	"github.com/lifeboat/lifeboat/supervisor/config"
-	"github.com/lifeboat/lifeboat/supervisor/consul"
 	"github.com/lifeboat/lifeboat/supervisor/election"
 	"github.com/lifeboat/lifeboat/supervisor/process"
 	"golang.org/x/sys/unix"
@@ -37,24 +36,31 @@ const electReadTimeout = 10 * time.Second
 
 // leaderPart is the elector and the goroutine that runs it.
 type leaderPart struct {
-	e      *election.Elector
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg sync.WaitGroup
 
 	mu      sync.Mutex
-	initial string // the leader the elect phase saw, until the elector knows better
-	known   bool   // the elector has reported a role
+	e       *election.Elector // set in the elect phase; status reads it from the control socket
+	initial string            // the leader the elect phase saw, until the elector knows better
+	known   bool              // the elector has reported a role
+}
+
+// elector is the elector; nil without an election block or before the
+// elect phase.
+func (s *Supervisor) elector() *election.Elector {
+	s.elect.mu.Lock()
+	defer s.elect.mu.Unlock()
+	return s.elect.e
 }
 
 // leaderAddr is the template function leader's source.
 func (s *Supervisor) leaderAddr() string {
 	s.elect.mu.Lock()
-	initial, known := s.elect.initial, s.elect.known
+	e, initial, known := s.elect.e, s.elect.initial, s.elect.known
 	s.elect.mu.Unlock()
 	if !known {
 		return initial
 	}
-	return s.elect.e.LeaderAddr()
+	return e.LeaderAddr()
 }
 
 // electLeader is the elect phase: build the elector and learn who leads
@@ -72,12 +78,9 @@ func (s *Supervisor) electLeader(ctx context.Context) error {
 
 func (s *Supervisor) newElector(ctx context.Context) error {
 	ec := s.cfg.Election
-	cl := s.sec.consul
-	if cl == nil {
-		var err error
-		if cl, err = consul.NewClient(consul.Options{}); err != nil {
-			return usageError{err}
-		}
+	cl, err := s.consulClient()
+	if err != nil {
+		return err
 	}
 	e, err := election.New(election.Options{
 		Client:         cl,
@@ -103,7 +106,9 @@ func (s *Supervisor) newElector(ctx context.Context) error {
 				"timeout", hookTimeout(h).String(), "budget", budget.String())
 		}
 	}
+	s.elect.mu.Lock()
 	s.elect.e = e
+	s.elect.mu.Unlock()
 	s.setBackupRole(e.IsLeader, e.FencingToken)
 	e.OnRole(func(c election.Change) {
 		s.elect.mu.Lock()
@@ -143,16 +148,15 @@ func hookTimeout(h *config.Hook) time.Duration {
 
 // serveLeader starts competing once the app runs.
 func (s *Supervisor) serveLeader() {
-	e := s.elect.e
+	e := s.elector()
 	if e == nil {
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s.elect.cancel = cancel
 	s.elect.wg.Add(1)
 	go func() {
 		defer s.elect.wg.Done()
-		if err := e.Run(ctx); err != nil && !errors.Is(err, election.ErrReleased) && !errors.Is(err, context.Canceled) {
+		// No context of its own to cancel: releaseLeader's Release stops Run.
+		if err := e.Run(context.Background()); err != nil && !errors.Is(err, election.ErrReleased) && !errors.Is(err, context.Canceled) {
 			s.log.Error("election stopped", "error", err)
 		}
 	}()
@@ -161,7 +165,7 @@ func (s *Supervisor) serveLeader() {
 // releaseLeader hands the lock over: after the app stopped and the final
 // backup, before the service is deregistered.
 func (s *Supervisor) releaseLeader() {
-	e := s.elect.e
+	e := s.elector()
 	if e == nil {
 		return
 	}
@@ -169,9 +173,6 @@ func (s *Supervisor) releaseLeader() {
 	defer cancel()
 	if err := e.Release(ctx); err != nil {
 		s.log.Warn("election: release failed; the lock passes on after the session's ttl", "error", err)
-	}
-	if s.elect.cancel != nil {
-		s.elect.cancel()
 	}
 	s.elect.wg.Wait()
 }
@@ -189,10 +190,11 @@ func (s *Supervisor) demoteFailed(err error) {
 
 // leaderStatus is the election section of the status; nil without one.
 func (s *Supervisor) leaderStatus() *election.Status {
-	if s.elect.e == nil {
+	e := s.elector()
+	if e == nil {
 		return nil
 	}
-	st := s.elect.e.Status()
+	st := e.Status()
 	return &st
 }
 

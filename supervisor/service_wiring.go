@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/lifeboat/lifeboat/supervisor/config"
 	"github.com/lifeboat/lifeboat/supervisor/consul"
 	"github.com/lifeboat/lifeboat/supervisor/process"
@@ -51,13 +52,9 @@ func (s *Supervisor) prepareService() error {
 
 func (s *Supervisor) newService() error {
 	sc := s.cfg.Service
-	cl := s.sec.consul
-	if cl == nil {
-		// No consul block: the local agent, or CONSUL_HTTP_ADDR.
-		var err error
-		if cl, err = consul.NewClient(consul.Options{}); err != nil {
-			return usageError{err}
-		}
+	cl, err := s.consulClient()
+	if err != nil {
+		return err
 	}
 	opts := service.Options{
 		Client:     cl,
@@ -108,6 +105,22 @@ func (s *Supervisor) newService() error {
 		reg.SetRole(role)
 	}
 	return nil
+}
+
+// consulClient is the client of the connect phase or, when that built
+// none (no consul block, templates or env), one for the local agent or
+// CONSUL_HTTP_ADDR, built once: the election and the service share it.
+func (s *Supervisor) consulClient() (*consulapi.Client, error) {
+	s.mu.Lock() // connect sets s.sec.consul under it
+	defer s.mu.Unlock()
+	if s.sec.consul == nil {
+		cl, err := consul.NewClient(consul.Options{})
+		if err != nil {
+			return nil, usageError{err}
+		}
+		s.sec.consul = cl
+	}
+	return s.sec.consul, nil
 }
 
 // serviceCheckEnv is a command check's environment on top of lifeboat's:
