@@ -167,6 +167,17 @@ store {
 	}
 }
 
+func TestUnparseableStoreURLErrorHidesPassword(t *testing.T) {
+	src := "store {\n  url = \"s3://AKIA:hunter2-pw@bucket:notaport/prefix\"\n}\n"
+	_, err := Parse("s.hcl", []byte(src))
+	if err == nil || !strings.Contains(err.Error(), `s.hcl:2:9: store.url: not a URL: invalid port ":notaport" after host`) {
+		t.Fatalf("err = %v", err)
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("error leaks the URL's password: %v", err)
+	}
+}
+
 func TestParseSignal(t *testing.T) {
 	for in, want := range map[string]int{"SIGHUP": 1, "hup": 1, "TERM": 15, "10": 10} {
 		got, err := ParseSignal(in)

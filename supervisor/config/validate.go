@@ -266,6 +266,11 @@ func (v *validator) store(s *Store) {
 	u, err := url.Parse(s.URL)
 	switch {
 	case err != nil:
+		// Only the reason: *url.Error repeats the whole URL, and its
+		// user:password@ part would end up in logs.
+		if ue, ok := err.(*url.Error); ok {
+			err = ue.Err
+		}
 		v.fail(p, "not a URL: %v", err)
 	case u.Scheme == "file":
 		if u.Host != "" && u.Host != "localhost" {

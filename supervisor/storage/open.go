@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"path"
@@ -37,6 +38,11 @@ type Options struct {
 func Open(ctx context.Context, rawURL string, opts Options) (Store, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
+		// *url.Error repeats the whole URL, user:password@ included.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return nil, fmt.Errorf("store URL: %w", err)
 	}
 	switch u.Scheme {

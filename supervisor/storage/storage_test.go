@@ -322,10 +322,14 @@ func TestBadStoreURLs(t *testing.T) {
 		"s3:///prefix":              "names no bucket",
 		"s3://b/p?endpont=x":        `unknown parameter "endpont"`,
 		"file://relative-looking/x": "a file URL has no host",
+		"s3://AKIA:hunter2@b:nope/p": `invalid port ":nope"`,
 	} {
 		_, err := storage.Open(ctx, url, storage.Options{})
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: err = %v, want %q", url, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%s: the error shows the password: %v", url, err)
 		}
 	}
 }
