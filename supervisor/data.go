@@ -26,8 +26,8 @@ import (
 	"github.com/lifeboat/lifeboat/supervisor/trigger"
 )
 
-// EnvEncryptionKey is the repository key when neither store.encryption_key
-// nor store.encryption_key_file is set.
+// EnvEncryptionKey holds the repository key; it wins over
+// store.encryption_key and store.encryption_key_file.
 const EnvEncryptionKey = "LIFEBOAT_ENCRYPTION_KEY"
 
 // Tuning of the data lifecycle.
@@ -188,14 +188,11 @@ func retryableOpen(err error) bool {
 
 func (s *Supervisor) openDataOnce(ctx context.Context) error {
 	st := s.cfg.Store
-	store, err := storage.Open(ctx, st.URL, storage.Options{
-		AccessKey: st.AccessKey, SecretKey: st.SecretKey, SessionToken: st.SessionToken,
-		Region: st.Region, CAFile: st.CAFile, PathStyle: st.PathStyle, CreateBucket: st.CreateBucket != nil && *st.CreateBucket,
-	})
+	store, err := storage.Open(ctx, st.URL, StoreOptions(st))
 	if err != nil {
 		return fmt.Errorf("open store %s: %w", config.RedactURL(st.URL), err)
 	}
-	key, err := encryptionKey(st)
+	key, err := EncryptionKey(st)
 	if err != nil {
 		store.Close()
 		return usageError{err}
@@ -212,12 +209,23 @@ func (s *Supervisor) openDataOnce(ctx context.Context) error {
 	return nil
 }
 
-// encryptionKey is the repository key, in the order the snapshot CLI uses
-// (the environment wins over the file, as everywhere in lifeboat):
-// LIFEBOAT_ENCRYPTION_KEY, store.encryption_key (possibly from Vault), or
-// the file store.encryption_key_file names, one trailing newline dropped.
-// nil means an unencrypted repository.
-func encryptionKey(st *config.Store) ([]byte, error) {
+// StoreOptions maps the store block to the backend's options; lifeboat
+// run and the snapshot commands open the store alike.
+func StoreOptions(st *config.Store) storage.Options {
+	return storage.Options{
+		AccessKey: st.AccessKey, SecretKey: st.SecretKey, SessionToken: st.SessionToken,
+		Region: st.Region, CAFile: st.CAFile, PathStyle: st.PathStyle,
+		CreateBucket: st.CreateBucket != nil && *st.CreateBucket,
+	}
+}
+
+// EncryptionKey is the repository key, the same for lifeboat run and the
+// snapshot commands (the environment wins over the file, as everywhere in
+// lifeboat): LIFEBOAT_ENCRYPTION_KEY, store.encryption_key (possibly from
+// Vault), or the file store.encryption_key_file names, one trailing
+// newline dropped (`echo KEY > file` must give the same key as KEY). nil
+// means an unencrypted repository. Every error is a config mistake.
+func EncryptionKey(st *config.Store) ([]byte, error) {
 	switch {
 	case os.Getenv(EnvEncryptionKey) != "":
 		return []byte(os.Getenv(EnvEncryptionKey)), nil

@@ -11,6 +11,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"github.com/lifeboat/lifeboat/supervisor/config"
 	"sync"
 	"time"
 
@@ -37,8 +38,12 @@ type retention struct {
 	stopped bool
 }
 
-func (s *Supervisor) keepPolicy() snapshot.KeepPolicy {
-	k := s.cfg.Backup.Keep
+func (s *Supervisor) keepPolicy() snapshot.KeepPolicy { return KeepPolicy(s.cfg.Backup) }
+
+// KeepPolicy is backup.keep as the snapshot engine's policy, for the
+// retention after backups and for lifeboat prune alike.
+func KeepPolicy(b *config.Backup) snapshot.KeepPolicy {
+	k := b.Keep
 	return snapshot.KeepPolicy{Last: k.Last, Hourly: k.Hourly, Daily: k.Daily, Weekly: k.Weekly, Monthly: k.Monthly, Yearly: k.Yearly}
 }
 

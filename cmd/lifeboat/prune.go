@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/lifeboat/lifeboat/supervisor"
 	"github.com/lifeboat/lifeboat/supervisor/progress"
 	"github.com/lifeboat/lifeboat/supervisor/snapshot"
 )
@@ -67,8 +68,7 @@ no one: while a backup runs it deletes nothing and exits 1; retry later.`)
 	}
 	defer s.stop()
 	if !keepFlags {
-		k := s.cfg.Backup.Keep
-		p = snapshot.KeepPolicy{Last: k.Last, Hourly: k.Hourly, Daily: k.Daily, Weekly: k.Weekly, Monthly: k.Monthly, Yearly: k.Yearly}
+		p = supervisor.KeepPolicy(s.cfg.Backup)
 	}
 	if p.Empty() {
 		fmt.Fprintln(os.Stderr, "lifeboat prune: no keep policy (--keep-* or backup.keep): every snapshot is kept, only unreferenced data is deleted")

@@ -25,10 +25,6 @@ import (
 	"github.com/lifeboat/lifeboat/supervisor/storage"
 )
 
-// EnvEncryptionKey holds the repository's encryption key for the snapshot
-// commands; it wins over store.encryption_key(_file) in the config.
-const EnvEncryptionKey = "LIFEBOAT_ENCRYPTION_KEY"
-
 // EnvCPUProfile names a file to write a CPU profile of a snapshot command
 // to (go tool pprof reads it): how bench/snapshot finds where time goes.
 const EnvCPUProfile = "LIFEBOAT_CPUPROFILE"
@@ -137,39 +133,6 @@ func (f *repoFlags) load(data string) (*session, error) {
 	return &session{cfg: cfg, log: log, ctx: ctx, stop: stop}, nil
 }
 
-// storeOptions maps the store block to the backend's options.
-func storeOptions(st *config.Store) storage.Options {
-	return storage.Options{
-		AccessKey: st.AccessKey, SecretKey: st.SecretKey, SessionToken: st.SessionToken,
-		Region: st.Region, CAFile: st.CAFile, PathStyle: st.PathStyle,
-		CreateBucket: st.CreateBucket != nil && *st.CreateBucket,
-	}
-}
-
-// encryptionKey is the key from $LIFEBOAT_ENCRYPTION_KEY, store.encryption_key
-// or store.encryption_key_file (one trailing newline of a file is dropped:
-// `echo KEY > file` must give the same key as KEY); nil when none is set.
-func encryptionKey(st *config.Store) ([]byte, error) {
-	if v := os.Getenv(EnvEncryptionKey); v != "" {
-		return []byte(v), nil
-	}
-	if st.EncryptionKey != "" {
-		return []byte(st.EncryptionKey), nil
-	}
-	if st.EncryptionKeyFile != "" {
-		b, err := os.ReadFile(st.EncryptionKeyFile)
-		if err != nil {
-			return nil, usageErr("store.encryption_key_file: %v", err)
-		}
-		b = []byte(strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"))
-		if len(b) == 0 {
-			return nil, usageErr("store.encryption_key_file %s is empty", st.EncryptionKeyFile)
-		}
-		return b, nil
-	}
-	return nil, nil
-}
-
 // openRepo opens the store and the repository in it. create makes a new
 // repository when the store holds none (backup does; the others must not
 // invent an empty repository where the user mistyped a URL).
@@ -183,11 +146,11 @@ func (s *session) openRepo(create bool) (*snapshot.Repository, error) {
 		return nil, fmt.Errorf("store credentials from Vault: %w", err)
 	}
 	st := s.cfg.Store
-	key, err := encryptionKey(st)
+	key, err := supervisor.EncryptionKey(st)
 	if err != nil {
-		return nil, err
+		return nil, &cliError{exitUsage, err}
 	}
-	store, err := storage.Open(s.ctx, st.URL, storeOptions(st))
+	store, err := storage.Open(s.ctx, st.URL, supervisor.StoreOptions(st))
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", config.RedactURL(st.URL), err)
 	}
