@@ -3,7 +3,6 @@ package process
 import (
 	"os"
 	"os/signal"
-	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,28 +28,16 @@ func Forwardable() []os.Signal {
 	return out
 }
 
-// CatchSignals starts catching every forwardable signal (and swallowing
-// SIGTTIN/SIGTTOU) on a buffered channel, which the supervisor drains.
-func CatchSignals() (ch chan os.Signal, stop func()) {
-	ch = make(chan os.Signal, 128)
+// CatchSignals starts catching every forwardable signal on a buffered
+// channel, which the supervisor drains, and swallows SIGTTIN/SIGTTOU:
+// they are caught on a channel nobody reads (a full one just drops them),
+// so lifeboat never stops on terminal access. Not signal.Ignore: ignored
+// dispositions survive exec, and the app would inherit them.
+func CatchSignals() chan os.Signal {
+	ch := make(chan os.Signal, 128)
 	signal.Notify(ch, Forwardable()...)
-	swallow := make(chan os.Signal, 8)
-	signal.Notify(swallow, unix.SIGTTIN, unix.SIGTTOU)
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-swallow:
-			case <-done:
-				return
-			}
-		}
-	}()
-	return ch, func() {
-		signal.Stop(ch)
-		signal.Stop(swallow)
-		close(done)
-	}
+	signal.Notify(make(chan os.Signal, 1), unix.SIGTTIN, unix.SIGTTOU)
+	return ch
 }
 
 // CatchSignalsAsync runs CatchSignals in the background and returns a
@@ -59,15 +46,14 @@ func CatchSignals() (ch chan os.Signal, stop func()) {
 // for all of them, which this overlaps with loading the config and opening
 // the control socket instead of adding it to every container start.
 func CatchSignalsAsync() func() chan os.Signal {
-	ready := make(chan chan os.Signal, 1)
-	go func() {
-		ch, _ := CatchSignals()
-		ready <- ch
-	}()
-	var once sync.Once
+	done := make(chan struct{})
 	var ch chan os.Signal
+	go func() {
+		ch = CatchSignals()
+		close(done)
+	}()
 	return func() chan os.Signal {
-		once.Do(func() { ch = <-ready })
+		<-done
 		return ch
 	}
 }

@@ -35,10 +35,7 @@ func init() {
 }
 
 // Signals returns the signal catcher started at init for `lifeboat run`,
-// or starts one now.
+// or nil when init did not start one (supervisor.Run then starts it).
 func Signals() func() chan os.Signal {
-	if signals != nil {
-		return signals
-	}
-	return process.CatchSignalsAsync()
+	return signals
 }
