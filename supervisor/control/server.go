@@ -176,6 +176,21 @@ func New(opts Options) (*Server, error) {
 	base := func(net.Listener) context.Context { return s.baseCtx }
 	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: opts.ReadHeaderTimeout, BaseContext: base}
 
+	// The group is looked up before the telemetry listener opens: a
+	// mistyped group then leaves nothing to close.
+	path := opts.Socket
+	if path == "" {
+		path = os.Getenv(EnvSocket)
+	}
+	gid := -1
+	if opts.Group != "" {
+		g, err := lookupGroup(opts.Group)
+		if err != nil {
+			return nil, err
+		}
+		gid = g
+	}
+
 	if opts.TelemetryListen != "" {
 		l, err := net.Listen("tcp", opts.TelemetryListen)
 		if err != nil {
@@ -187,21 +202,6 @@ func New(opts Options) (*Server, error) {
 		s.tcpHTTP = &http.Server{Handler: tmux, ReadHeaderTimeout: opts.ReadHeaderTimeout, BaseContext: base}
 	}
 
-	path := opts.Socket
-	if path == "" {
-		path = os.Getenv(EnvSocket)
-	}
-	gid := -1
-	if opts.Group != "" {
-		g, err := lookupGroup(opts.Group)
-		if err != nil {
-			if s.tcp != nil {
-				s.tcp.Close()
-			}
-			return nil, err
-		}
-		gid = g
-	}
 	ul, where, err := listen(path, opts.DataDir, gid)
 	if err != nil {
 		if s.tcp != nil {

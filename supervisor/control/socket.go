@@ -150,7 +150,10 @@ func listenAt(path string, gid int) (*net.UnixListener, error) {
 		if err := os.Chown(tmp, -1, gid); err != nil {
 			l.Close()
 			os.Remove(tmp)
-			return nil, fmt.Errorf("control socket %s: give group %d access: %w", path, gid, err)
+			// %v, not %w: EPERM here means this user may not give the
+			// socket to that group, not that the directory is unwritable,
+			// so the search must not fall through to the next candidate.
+			return nil, fmt.Errorf("control socket %s: give group %d access: %v", path, gid, err)
 		}
 	}
 	if err := os.Chmod(tmp, mode); err != nil {
