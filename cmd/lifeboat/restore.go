@@ -86,6 +86,7 @@ func (s *session) restore(a restoreArgs) error {
 			return usageErr("snapshot %s has no stream %q (it has: %v)", m.ID, a.stream, names)
 		}
 		req.Streams[a.stream] = snapshot.StreamSink{Writer: os.Stdout}
+		req.Tree = tree // Restore need not fetch and decode it a second time
 	} else if !a.noStreams {
 		for _, st := range s.cfg.Backup.Streams {
 			if len(st.RestoreCommand) > 0 {
@@ -101,8 +102,11 @@ func (s *session) restore(a restoreArgs) error {
 		switch {
 		case errors.Is(err, snapshot.ErrNotEmpty):
 			return fmt.Errorf("%w; nothing was changed", err)
-		case s.ctx.Err() != nil:
+		case s.ctx.Err() != nil && a.target != "":
 			return fmt.Errorf("interrupted: %s is half restored (marked by %s; run restore again): %w", a.target, snapshot.RestoringMarker, err)
+		case s.ctx.Err() != nil:
+			// A stream alone touched no directory: nothing is half restored.
+			return fmt.Errorf("interrupted: %w", err)
 		case a.target != "":
 			return fmt.Errorf("restore of snapshot %s into %s failed; the directory is marked incomplete (%s): %w", m.ID, a.target, snapshot.RestoringMarker, err)
 		}

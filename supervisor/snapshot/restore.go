@@ -34,6 +34,7 @@ type StreamSink struct {
 type RestoreRequest struct {
 	Snapshot string    // "latest" (or ""), an id or an id prefix
 	Manifest *Manifest // instead of Snapshot
+	Tree     *Tree     // Manifest's tree when the caller has read it already; nil reads it
 	Target   string    // directory to restore into; "" restores streams only
 	// Force restores into a non-empty target by first removing everything
 	// in it (the directory itself stays: it may be a mount point).
@@ -72,9 +73,12 @@ func (r *Repository) Restore(ctx context.Context, req RestoreRequest) (*RestoreR
 			return nil, err
 		}
 	}
-	tree, err := r.ReadTree(ctx, m)
-	if err != nil {
-		return nil, err
+	tree := req.Tree
+	if tree == nil {
+		var err error
+		if tree, err = r.ReadTree(ctx, m); err != nil {
+			return nil, err
+		}
 	}
 	if err := r.checkTree(tree); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", m.ID, err)
