@@ -360,8 +360,7 @@ func (s *Supervisor) secretsStatus() *SecretsStatus {
 
 // secretsExit maps a connect/render error to lifeboat's exit status.
 func secretsExit(err error) int {
-	var ue usageError
-	if errors.As(err, &ue) {
+	if IsConfigError(err) {
 		return ExitUsage
 	}
 	return ExitFailure

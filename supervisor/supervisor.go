@@ -191,8 +191,12 @@ func (s *Supervisor) Run(ctx context.Context) int {
 	signals := catch()
 	// Until the app runs, SIGTERM/SIGINT abort whatever phase is under way.
 	preStart := make(chan struct{})
+	// received is written by the goroutine and read only after exited is
+	// closed: it may take a signal in the same instant preStart closes.
+	exited := make(chan struct{})
 	var received unix.Signal
 	go func() {
+		defer close(exited)
 		for {
 			select {
 			case sig := <-signals:
@@ -212,6 +216,7 @@ func (s *Supervisor) Run(ctx context.Context) int {
 	defer s.closeSecrets() // last: the Vault token is revoked after everything else
 	status, ok := s.prepare(ctx)
 	close(preStart)
+	<-exited
 	if !ok {
 		if received != 0 {
 			return 128 + int(received)
