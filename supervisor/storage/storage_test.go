@@ -316,12 +316,12 @@ func (slowZeros) Read(p []byte) (int, error) {
 func TestBadStoreURLs(t *testing.T) {
 	ctx := context.Background()
 	for url, want := range map[string]string{
-		"ftp://x/y":                 `scheme "ftp" is not supported`,
-		"/just/a/path":              "has no scheme",
-		"file://host/x":             "a file URL has no host",
-		"s3:///prefix":              "names no bucket",
-		"s3://b/p?endpont=x":        `unknown parameter "endpont"`,
-		"file://relative-looking/x": "a file URL has no host",
+		"ftp://x/y":                  `scheme "ftp" is not supported`,
+		"/just/a/path":               "has no scheme",
+		"file://host/x":              "a file URL has no host",
+		"s3:///prefix":               "names no bucket",
+		"s3://b/p?endpont=x":         `unknown parameter "endpont"`,
+		"file://relative-looking/x":  "a file URL has no host",
 		"s3://AKIA:hunter2@b:nope/p": `invalid port ":nope"`,
 	} {
 		_, err := storage.Open(ctx, url, storage.Options{})
