@@ -14,10 +14,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/lifeboat/lifeboat/hooks"
 	"github.com/lifeboat/lifeboat/supervisor/config"
 	"github.com/lifeboat/lifeboat/supervisor/control"
 	"github.com/lifeboat/lifeboat/supervisor/process"
@@ -77,8 +77,7 @@ type dataPart struct {
 	backupCtx    context.Context
 	backupCancel context.CancelFunc
 
-	sources  sourceStopper // schedule and watch, stopped at shutdown
-	schedule *trigger.Scheduler
+	schedule *trigger.Scheduler // set under s.mu once started; stopped at shutdown
 	watch    *trigger.Watcher
 
 	// stopRequested is set when lifeboat was asked to stop (SIGTERM,
@@ -87,13 +86,9 @@ type dataPart struct {
 
 	retention retention
 
-	mu      sync.Mutex
-	restore *RestoreStatus
-	last    *BackupResult
+	restore *RestoreStatus // guarded by s.mu
+	last    *BackupResult  // guarded by s.mu
 }
-
-// sourceStopper stops the trigger sources started in serve.
-type sourceStopper []func()
 
 // DataStatus is the data part of `lifeboat status`.
 type DataStatus struct {
@@ -407,15 +402,6 @@ func (s *Supervisor) startFresh(ctx context.Context, dir string, incomplete bool
 	return err
 }
 
-// dataExit maps a restore error to lifeboat's exit status.
-func dataExit(err error) int {
-	var ue usageError
-	if errors.As(err, &ue) {
-		return ExitUsage
-	}
-	return ExitFailure
-}
-
 // setBackupRole is the election's hook into the data lifecycle: isLeader
 // says whether this node is the leader now (with backup.only_leader, only
 // the leader takes backups, and the final backup runs only there);
@@ -510,7 +496,9 @@ func (s *Supervisor) runBackup(_ context.Context, batch trigger.Batch) (string, 
 	// short; backupCtx ends only when the final backup's time is up.
 	ctx := s.data.backupCtx
 	if !s.backupAllowed() {
-		return "", errNotLeader
+		// Declined, not failed: the loop must not retry it while this
+		// node follows.
+		return "", fmt.Errorf("%w (%w)", errNotLeader, trigger.ErrSkipped)
 	}
 	s.data.retention.pause() // prune's exclusive lease would refuse this backup
 	sources := batch.Sources()
@@ -522,18 +510,18 @@ func (s *Supervisor) runBackup(_ context.Context, batch trigger.Batch) (string, 
 		reason += ": " + reasons
 	}
 	vars := s.hookVars(hookPreBackup, reasons, "")
-	vars["LIFEBOAT_TRIGGER"] = strings.Join(sources, ",")
+	vars[hooks.VarTrigger] = strings.Join(sources, ",")
 	meta, err := s.runHook(ctx, hookPreBackup, vars, nil)
 	var m *snapshot.Manifest
 	if err == nil {
 		m, err = s.takeSnapshot(ctx, batch, reason, meta)
 	}
 	post := s.hookVars(hookPostBackup, reasons, "")
-	post["LIFEBOAT_TRIGGER"] = vars["LIFEBOAT_TRIGGER"]
+	post[hooks.VarTrigger] = vars[hooks.VarTrigger]
 	if err != nil {
-		post["LIFEBOAT_BACKUP_ERROR"] = err.Error()
+		post[hooks.VarBackupError] = err.Error()
 	} else {
-		post["LIFEBOAT_SNAPSHOT"] = m.ID
+		post[hooks.VarSnapshot] = m.ID
 	}
 	if _, perr := s.runHook(ctx, hookPostBackup, post, meta); perr != nil {
 		// The snapshot is committed; a failing post_backup is reported,
@@ -596,7 +584,15 @@ func (s *Supervisor) shutdownData(exit process.Exit, startErr error) {
 		s.closeData()
 		return
 	}
-	s.data.sources.stop()
+	s.mu.Lock()
+	schedule, watch := s.data.schedule, s.data.watch
+	s.mu.Unlock()
+	if schedule != nil {
+		schedule.Stop()
+	}
+	if watch != nil {
+		watch.Stop()
+	}
 	b := s.cfg.Backup
 	timeout := config.Dur(b.FinalTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -606,18 +602,21 @@ func (s *Supervisor) shutdownData(exit process.Exit, startErr error) {
 	defer stopBound()
 
 	clean := startErr == nil && (exit.Status() == 0 || s.data.stopRequested.Load())
+	final := false
 	switch {
 	case !*b.Final:
+	case !clean:
+		s.log.Warn("no final backup: the app did not stop cleanly; the last snapshot stays the latest", "exit", exit.String())
+	case !s.backupAllowed():
+		s.log.Info("no final backup: this node is not the leader")
+	default:
+		final = true
+	}
+	if !final {
 		if err := loop.Stop(ctx); err != nil {
 			s.log.Warn("backup loop stop", "error", err)
 		}
-	case !clean:
-		s.log.Warn("no final backup: the app did not stop cleanly; the last snapshot stays the latest", "exit", exit.String())
-		loop.Stop(ctx)
-	case !s.backupAllowed():
-		s.log.Info("no final backup: this node is not the leader")
-		loop.Stop(ctx)
-	default:
+	} else {
 		s.log.Info("final backup", "timeout", timeout.String())
 		t0 := time.Now()
 		id, err := finalWithin(ctx, loop)
@@ -707,23 +706,23 @@ func (s *Supervisor) hookVars(phase, reason, snap string) map[string]string {
 		phase = p
 	}
 	v := map[string]string{
-		"LIFEBOAT_PHASE": phase,
-		"LIFEBOAT_DATA":  s.cfg.Data.Path,
+		hooks.VarPhase: phase,
+		hooks.VarData:  s.cfg.Data.Path,
 	}
 	if s.data.isLeader != nil { // with an election only
-		v["LIFEBOAT_ROLE"] = "follower"
+		v[hooks.VarRole] = "follower"
 		if s.data.isLeader() {
-			v["LIFEBOAT_ROLE"] = "leader"
+			v[hooks.VarRole] = "leader"
 		}
 	}
 	if reason != "" {
-		v["LIFEBOAT_REASON"] = reason
+		v[hooks.VarReason] = reason
 	}
 	if snap != "" {
-		v["LIFEBOAT_SNAPSHOT"] = snap
+		v[hooks.VarSnapshot] = snap
 	}
 	if s.data.fencingToken != nil {
-		v["LIFEBOAT_FENCING_TOKEN"] = strconv.FormatUint(s.data.fencingToken(), 10)
+		v[hooks.VarFencingToken] = strconv.FormatUint(s.data.fencingToken(), 10)
 	}
 	return v
 }
@@ -736,21 +735,7 @@ func envList(vars, meta map[string]string) []string {
 		out = append(out, k+"="+v)
 	}
 	for k, v := range meta {
-		out = append(out, "LIFEBOAT_META_"+metaEnvName(k)+"="+v)
+		out = append(out, hooks.MetaEnvName(k)+"="+v)
 	}
 	return out
-}
-
-// metaEnvName turns a metadata key into an env name: upper case, anything
-// but letters and digits as '_'.
-func metaEnvName(k string) string {
-	return strings.Map(func(r rune) rune {
-		switch {
-		case r >= 'a' && r <= 'z':
-			return r - 'a' + 'A'
-		case r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
-			return r
-		}
-		return '_'
-	}, k)
 }

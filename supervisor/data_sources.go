@@ -13,14 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// stop stops every source.
-func (ss *sourceStopper) stop() {
-	for _, f := range *ss {
-		f()
-	}
-	*ss = nil
-}
-
 // backupSignal handles backup.signal: it reports whether sig is the
 // configured backup signal (then it is not forwarded to the app).
 func (s *Supervisor) backupSignal(sig unix.Signal) bool {
@@ -70,7 +62,6 @@ func (s *Supervisor) startBackupSources() {
 			s.mu.Lock()
 			s.data.schedule = sc
 			s.mu.Unlock()
-			s.data.sources = append(s.data.sources, sc.Stop)
 		}
 	}
 	if w := b.Watch; w != nil && w.Enabled != nil && *w.Enabled {
@@ -82,7 +73,6 @@ func (s *Supervisor) startBackupSources() {
 			s.mu.Lock()
 			s.data.watch = wt
 			s.mu.Unlock()
-			s.data.sources = append(s.data.sources, wt.Stop)
 		}
 	}
 }

@@ -358,8 +358,10 @@ func (s *Supervisor) secretsStatus() *SecretsStatus {
 	return st
 }
 
-// secretsExit maps a connect/render error to lifeboat's exit status.
-func secretsExit(err error) int {
+// phaseExit maps the error of a phase before the app starts (connect,
+// elect, restore, render, service) to lifeboat's exit status: 2 for a
+// config mistake, 1 otherwise.
+func phaseExit(err error) int {
 	if IsConfigError(err) {
 		return ExitUsage
 	}

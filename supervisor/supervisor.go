@@ -245,19 +245,19 @@ func (s *Supervisor) Run(ctx context.Context) int {
 // the exit status when lifeboat must not start the app.
 func (s *Supervisor) prepare(ctx context.Context) (int, bool) {
 	if err := s.connectSecrets(ctx); err != nil {
-		return secretsExit(err), false
+		return phaseExit(err), false
 	}
 	if err := s.electLeader(ctx); err != nil {
-		return secretsExit(err), false
+		return phaseExit(err), false
 	}
 	if err := s.restoreData(ctx); err != nil {
-		return dataExit(err), false
+		return phaseExit(err), false
 	}
 	if err := s.renderSecrets(ctx); err != nil {
-		return secretsExit(err), false
+		return phaseExit(err), false
 	}
 	if err := s.prepareService(); err != nil {
-		return secretsExit(err), false
+		return phaseExit(err), false
 	}
 	return 0, true
 }
