@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/robfig/cron/v3"
+	"github.com/lifeboat/lifeboat/supervisor/trigger"
 	"golang.org/x/sys/unix"
 )
 
@@ -183,15 +183,8 @@ func (v *validator) validate(c *Config) {
 
 	b := c.Backup
 	if b.Schedule != "" {
-		parser := cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
-		if _, err := parser.Parse(b.Schedule); err != nil {
-			v.fail([]string{"backup", "schedule"}, "%q is not a cron expression or @every DURATION: %v", b.Schedule, err)
-		} else if every, ok := strings.CutPrefix(b.Schedule, "@every "); ok {
-			// robfig accepts "@every 0s" and negative durations; a backup
-			// loop cannot run on them.
-			if d, err := time.ParseDuration(strings.TrimSpace(every)); err == nil && d <= 0 {
-				v.fail([]string{"backup", "schedule"}, "%q: the interval must be positive", b.Schedule)
-			}
+		if err := trigger.ParseSchedule(b.Schedule); err != nil {
+			v.fail([]string{"backup", "schedule"}, "%v", err)
 		}
 	}
 	if b.Signal != "" {

@@ -24,7 +24,9 @@ var _ Triggerer = (*Loop)(nil)
 // without it lifeboat's local time (TZ) is used.
 var scheduleParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
-// ParseSchedule checks a backup.schedule value, for config validation.
+// ParseSchedule checks a backup.schedule value; config validation uses
+// it, so a schedule that validates is one the scheduler runs. Its errors
+// begin with the quoted schedule.
 func ParseSchedule(spec string) error {
 	_, err := parseSchedule(spec)
 	return err
@@ -37,12 +39,12 @@ func parseSchedule(spec string) (cron.Schedule, error) {
 	}
 	if d, ok := strings.CutPrefix(spec, "@every "); ok {
 		if dur, err := time.ParseDuration(strings.TrimSpace(d)); err == nil && dur <= 0 {
-			return nil, fmt.Errorf("schedule %q: the interval must be positive", spec)
+			return nil, fmt.Errorf("%q: the interval must be positive", spec)
 		}
 	}
 	s, err := scheduleParser.Parse(spec)
 	if err != nil {
-		return nil, fmt.Errorf("schedule %q is not a 5-field cron expression or descriptor (@hourly, @every 10m): %w", spec, err)
+		return nil, fmt.Errorf("%q is not a cron expression (5 fields) or descriptor (@hourly, @every 10m): %w", spec, err)
 	}
 	return s, nil
 }
