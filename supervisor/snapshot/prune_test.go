@@ -153,9 +153,13 @@ func TestPruneForgetsAndCollects(t *testing.T) {
 			if fmt.Sprint(res.Forgotten) != fmt.Sprint(want) || res.Kept != 2 {
 				t.Fatalf("forgot %v, want %v", res.Forgotten, want)
 			}
-			// Each forgotten snapshot owned 3 MiB of random data: at
-			// least two of its packs held nothing else.
-			if res.PacksDeleted < 4 || res.BytesDeleted < 3<<20 || res.TreesDeleted != 2 {
+			// Each forgotten snapshot owned 3 MiB of random data. The
+			// first one's packs may all hold some chunk of the shared
+			// file too (files are chunked side by side into the same
+			// packs), but the second one's held nothing else: its shared
+			// file was deduplicated, so its 3 MiB filled at least 3 packs
+			// of 1 MiB that all go.
+			if res.PacksDeleted < 3 || res.BytesDeleted < 3<<20 || res.TreesDeleted != 2 {
 				t.Errorf("deleted %d packs (%d bytes), %d trees", res.PacksDeleted, res.BytesDeleted, res.TreesDeleted)
 			}
 			if n := len(objectKeys(t, s, packPrefix)); n != len(packsBefore)-res.PacksDeleted {
