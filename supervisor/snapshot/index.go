@@ -48,20 +48,33 @@ func (id *ChunkID) UnmarshalText(b []byte) error {
 const maxIndexBytes = 256 << 20
 
 // LoadIndex reads index objects not loaded yet (all of them at Open), so
-// chunks other writers stored since are known.
+// chunks other writers stored since are known. When an object it was
+// loaded from is gone, a prune rewrote the index and may have deleted
+// packs the stale entries point to: then the whole index is reloaded.
 func (r *Repository) LoadIndex(ctx context.Context) error {
-	var keys []string
+	present := map[string]bool{}
 	err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
-		r.mu.RLock()
-		seen := r.indexes[o.Key]
-		r.mu.RUnlock()
-		if !seen {
-			keys = append(keys, o.Key)
-		}
+		present[o.Key] = true
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("list index: %w", err)
+	}
+	var keys []string
+	stale := false
+	r.mu.RLock()
+	for k := range r.indexes {
+		stale = stale || !present[k]
+	}
+	for k := range present {
+		if !r.indexes[k] {
+			keys = append(keys, k)
+		}
+	}
+	r.mu.RUnlock()
+	if stale {
+		r.log.Info("index was rewritten by a prune; reloading it")
+		return r.reloadIndex(ctx)
 	}
 	return parallel(ctx, r.conc, keys, func(ctx context.Context, key string) error {
 		idx, err := r.readIndex(ctx, key)
@@ -74,9 +87,7 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 			// elsewhere, verify, repair). Its chunks are simply unknown:
 			// a backup uploads them again; a restore that needs them
 			// fails naming the chunk. Verify reports the object.
-			if r.log != nil {
-				r.log.Warn("skipping a damaged index object; run lifeboat verify", "object", key, "error", err)
-			}
+			r.log.Warn("skipping a damaged index object; run lifeboat verify", "object", key, "error", err)
 			return nil
 		case err != nil:
 			return err

@@ -211,10 +211,10 @@ func (h *lease) release() {
 }
 
 // backupLease takes a shared backup lease, refusing while a prune holds its
-// exclusive one (prune deletes packs a backup might reuse). Once it holds
-// the lease it drops the in-memory index when a prune has rewritten the
-// index since it was loaded, so the backup never deduplicates against a
-// chunk in a pack that is gone.
+// exclusive one (prune deletes packs a backup might reuse). The backup
+// then calls LoadIndex, which drops an in-memory index a prune has
+// rewritten since it was loaded, so the backup never deduplicates against
+// a chunk in a pack that is gone.
 func (r *Repository) backupLease(ctx context.Context) (*lease, error) {
 	if err := r.refuseIfPruning(ctx); err != nil {
 		return nil, err
@@ -226,10 +226,6 @@ func (r *Repository) backupLease(ctx context.Context) (*lease, error) {
 	// A prune that started between the check and our lease sees ours and
 	// backs off, or we see its lease now: one of the two always yields.
 	if err := r.refuseIfPruning(ctx); err != nil {
-		h.release()
-		return nil, err
-	}
-	if err := r.dropStaleIndex(ctx); err != nil {
 		h.release()
 		return nil, err
 	}
@@ -277,33 +273,6 @@ func (r *Repository) pruneLease(ctx context.Context) (*lease, error) {
 		return nil, err
 	}
 	return h, nil
-}
-
-// dropStaleIndex reloads the in-memory index from scratch when an index
-// object it was loaded from is gone: a prune rewrote the index and may have
-// deleted packs whose chunks the stale entries still point to.
-func (r *Repository) dropStaleIndex(ctx context.Context) error {
-	present := map[string]bool{}
-	if err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
-		present[o.Key] = true
-		return nil
-	}); err != nil {
-		return fmt.Errorf("list index: %w", err)
-	}
-	r.mu.RLock()
-	stale := false
-	for k := range r.indexes {
-		if !present[k] {
-			stale = true
-			break
-		}
-	}
-	r.mu.RUnlock()
-	if !stale {
-		return nil
-	}
-	r.log.Info("index was rewritten by a prune; reloading it")
-	return r.reloadIndex(ctx)
 }
 
 // reloadIndex replaces the in-memory index with what the index objects in
