@@ -11,10 +11,10 @@ package supervisor
 import (
 	"context"
 	"errors"
-	"github.com/lifeboat/lifeboat/supervisor/config"
 	"sync"
 	"time"
 
+	"github.com/lifeboat/lifeboat/supervisor/config"
 	"github.com/lifeboat/lifeboat/supervisor/snapshot"
 )
 
