@@ -567,13 +567,14 @@ func (r *Repository) downloadPacks(ctx context.Context, byPack map[string]map[Ch
 	})
 }
 
-// openBlob decrypts, decompresses and verifies one stored blob. The result
-// is stored itself (uncompressed, unencrypted) or lives in *buf, which is
+// openBlob decrypts, decompresses and verifies one stored blob. It decrypts
+// in place, so stored is consumed: a blob is opened once per buffer it was
+// read into. The result lives in stored (uncompressed) or in *buf, which is
 // reused across calls and never aliases stored.
 func (r *Repository) openBlob(buf *[]byte, id ChunkID, ref BlobRef, stored []byte) ([]byte, error) {
 	var err error
 	if r.keys != nil {
-		if stored, err = r.keys.openChunk(nil, id, stored); err != nil {
+		if stored, err = r.keys.openChunk(stored[:0], id, stored); err != nil {
 			return nil, err
 		}
 	}
