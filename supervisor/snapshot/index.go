@@ -52,6 +52,13 @@ const maxIndexBytes = 256 << 20
 // loaded from is gone, a prune rewrote the index and may have deleted
 // packs the stale entries point to: then the whole index is reloaded.
 func (r *Repository) LoadIndex(ctx context.Context) error {
+	return r.loadIndex(ctx, nil)
+}
+
+// loadIndex is LoadIndex; when unlocked is set, each object's bytes are
+// downloaded before it is called and decoded only after it returned nil,
+// so Open can derive the keys while the index downloads.
+func (r *Repository) loadIndex(ctx context.Context, unlocked func() error) error {
 	present := map[string]bool{}
 	err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
 		present[o.Key] = true
@@ -77,7 +84,18 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 		return r.reloadIndex(ctx)
 	}
 	return parallel(ctx, r.conc, keys, func(ctx context.Context, key string) error {
-		idx, err := r.readIndex(ctx, key)
+		b, err := r.getAll(ctx, key, maxIndexBytes)
+		if err != nil {
+			err = fmt.Errorf("read %s: %w", key, err)
+		} else if unlocked != nil {
+			if err := unlocked(); err != nil {
+				return err
+			}
+		}
+		var idx *indexFile
+		if err == nil {
+			idx, err = r.decodeIndex(key, b)
+		}
 		switch {
 		case errors.Is(err, storage.ErrNotExist):
 			return nil // deleted since the listing: a prune rewrote the index
@@ -105,6 +123,10 @@ func (r *Repository) readIndex(ctx context.Context, key string) (*indexFile, err
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
+	return r.decodeIndex(key, b)
+}
+
+func (r *Repository) decodeIndex(key string, b []byte) (*indexFile, error) {
 	var idx indexFile
 	if err := r.decodeObject("index", b, &idx); err != nil {
 		return nil, fmt.Errorf("%s: %w", key, err)

@@ -183,10 +183,17 @@ func Open(ctx context.Context, store storage.Store, opts Options) (*Repository, 
 		return nil, err
 	}
 	r.cfg = *cfg
-	if err := r.unlock(opts.Key); err != nil {
-		return nil, err
+	// Deriving the keys takes scrypt's ~0.1 s of CPU by design; the index
+	// downloads meanwhile. A wrong key is the error reported, whatever
+	// happened to the index.
+	done := make(chan error, 1)
+	go func() { done <- r.unlock(opts.Key) }()
+	unlocked := sync.OnceValue(func() error { return <-done })
+	err = r.loadIndex(ctx, unlocked)
+	if uerr := unlocked(); uerr != nil {
+		return nil, uerr
 	}
-	if err := r.LoadIndex(ctx); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	return r, nil
