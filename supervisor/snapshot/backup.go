@@ -146,8 +146,12 @@ type chunkWorker struct {
 
 // store handles one chunk and returns its id.
 func (w *chunkWorker) store(data []byte) (ChunkID, error) {
+	return w.storeID(w.s.r.hash.sum(data), data)
+}
+
+// storeID is store for a chunk whose id is known.
+func (w *chunkWorker) storeID(id ChunkID, data []byte) (ChunkID, error) {
 	r := w.s.r
-	id := r.hash.sum(data)
 	if !w.s.claim(id) {
 		return id, nil
 	}
@@ -171,17 +175,62 @@ func (w *chunkWorker) store(data []byte) (ChunkID, error) {
 	return id, w.s.packer.add(id, stored, len(data), flags)
 }
 
-// storeStream chunks everything from rd.
-func (w *chunkWorker) storeStream(ctx context.Context, rd io.Reader) ([]ChunkID, int64, error) {
+// knownChunk is a chunk of the previous version of a file.
+type knownChunk struct {
+	id  ChunkID
+	len int
+}
+
+// knownChunks maps the offsets of a file's previous chunks to them, the
+// last one left out: its cut may have been the end of the file.
+func (r *Repository) knownChunks(prev []ChunkID) map[int64]knownChunk {
+	if len(prev) < 2 {
+		return nil
+	}
+	known := make(map[int64]knownChunk, len(prev)-1)
+	var off int64
+	for _, id := range prev[:len(prev)-1] {
+		ref, ok := r.lookup(id)
+		if !ok {
+			return known
+		}
+		known[off] = knownChunk{id: id, len: ref.Raw}
+		off += int64(ref.Raw)
+	}
+	return known
+}
+
+// storeStream chunks everything from rd. prev, the chunks of the file's
+// previous version, lets it skip the cut for each stretch of the file that
+// hashes to the previous chunk at the same offset (a file changed in place
+// re-reads, but does not re-cut, what did not change); the chunks are the
+// same as without it.
+func (w *chunkWorker) storeStream(ctx context.Context, rd io.Reader, prev []ChunkID) ([]ChunkID, int64, error) {
 	if w.cbuf == nil {
 		w.cbuf = make([]byte, 2*w.s.r.cfg.Chunker.Max)
 	}
 	ch := NewChunker(rd, w.s.r.cfg.Chunker, w.cbuf)
+	known := w.s.r.knownChunks(prev)
 	var ids []ChunkID
 	var n int64
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, n, err
+		}
+		if k, ok := known[n]; ok {
+			data, err := ch.NextKnown(k.len, func(b []byte) bool { return w.s.r.hash.sum(b) == k.id })
+			if err != nil {
+				return nil, n, err
+			}
+			if data != nil {
+				if _, err := w.storeID(k.id, data); err != nil {
+					return nil, n, err
+				}
+				ids = append(ids, k.id)
+				n += int64(len(data))
+				w.s.prog.bytes.Add(int64(len(data)))
+				continue
+			}
 		}
 		data, err := ch.Next()
 		if errors.Is(err, io.EOF) {
@@ -214,25 +263,14 @@ func (r *Repository) Backup(ctx context.Context, req BackupRequest) (*Manifest, 
 	}
 	m := &Manifest{Version: 1, ID: randomID(8), Time: start.UTC(), Host: req.Host, Tags: req.Tags, Reason: req.Reason,
 		FencingToken: req.FencingToken, Meta: req.Meta}
-	parent := map[string]*Entry{}
-	if req.Parent != "none" {
-		if p, err := r.FindSnapshot(ctx, req.Parent); err == nil {
-			if t, err := r.ReadTree(ctx, p); err == nil {
-				m.Parent = p.ID
-				for i := range t.Entries {
-					parent[t.Entries[i].Path] = &t.Entries[i]
-				}
-			} else {
-				r.log.Warn("parent snapshot unreadable; reading every file", "parent", p.ID, "error", err)
-			}
-		} else if !errors.Is(err, ErrNoSnapshot) {
-			return nil, err
-		}
-	}
 
 	s := &session{r: r, claimed: map[ChunkID]bool{}, prog: startProgress(req.Progress)}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The parent's tree downloads while the directory is walked.
+	parentCh := make(chan parentTree, 1)
+	go func() { parentCh <- r.readParent(ctx, req.Parent) }()
+	parent := sync.OnceValue(func() parentTree { return <-parentCh })
 	s.packer = newPacker(ctx, r)
 	tree := &Tree{Version: 1}
 
@@ -244,6 +282,14 @@ func (r *Repository) Backup(ctx context.Context, req BackupRequest) (*Manifest, 
 			return nil, err
 		}
 	}
+	p := parent()
+	if p.err != nil {
+		cancel()
+		s.packer.finish()
+		s.prog.finish()
+		return nil, p.err
+	}
+	m.Parent = p.id
 	w := &chunkWorker{s: s}
 	for _, src := range req.Streams {
 		st, err := s.backupStream(ctx, w, src)
@@ -282,6 +328,37 @@ func (r *Repository) Backup(ctx context.Context, req BackupRequest) (*Manifest, 
 	return m, nil
 }
 
+// parentTree is the snapshot a backup compares files with: id "" and no
+// entries when there is none (or it is unreadable: every file is read).
+type parentTree struct {
+	id      string
+	entries map[string]*Entry
+	err     error
+}
+
+func (r *Repository) readParent(ctx context.Context, spec string) parentTree {
+	if spec == "none" {
+		return parentTree{}
+	}
+	p, err := r.FindSnapshot(ctx, spec)
+	if errors.Is(err, ErrNoSnapshot) {
+		return parentTree{}
+	}
+	if err != nil {
+		return parentTree{err: err}
+	}
+	t, err := r.ReadTree(ctx, p)
+	if err != nil {
+		r.log.Warn("parent snapshot unreadable; reading every file", "parent", p.ID, "error", err)
+		return parentTree{}
+	}
+	entries := make(map[string]*Entry, len(t.Entries))
+	for i := range t.Entries {
+		entries[t.Entries[i].Path] = &t.Entries[i]
+	}
+	return parentTree{id: p.ID, entries: entries}
+}
+
 func excluded(rel string, patterns []string) bool {
 	base := path.Base(rel)
 	for _, p := range patterns {
@@ -300,9 +377,10 @@ type fileJob struct {
 	idx  int // in tree.Entries
 	abs  string
 	size int64
+	prev []ChunkID // the file's chunks in the parent snapshot
 }
 
-func (s *session) backupDir(ctx context.Context, req BackupRequest, parent map[string]*Entry, tree *Tree) error {
+func (s *session) backupDir(ctx context.Context, req BackupRequest, parent func() parentTree, tree *Tree) error {
 	root := filepath.Clean(req.Dir)
 	fi, err := os.Lstat(root)
 	if err != nil {
@@ -311,7 +389,7 @@ func (s *session) backupDir(ctx context.Context, req BackupRequest, parent map[s
 	if !fi.IsDir() {
 		return fmt.Errorf("backup %s: not a directory", root)
 	}
-	var jobs []fileJob
+	var files []fileJob             // every regular file, compared with the parent after the walk
 	links := map[[2]uint64]string{} // (dev, inode) -> first path, for hardlinks
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -369,14 +447,7 @@ func (s *session) backupDir(ctx context.Context, req BackupRequest, parent map[s
 			s.stats.Files++
 			s.stats.Bytes += e.Size
 			s.prog.totalFiles.Add(1)
-			if pe := parent[rel]; pe != nil && pe.Kind == KindFile && pe.Size == e.Size && pe.MTime == e.MTime &&
-				pe.CTime == e.CTime && pe.Inode == e.Inode && s.r.haveAll(pe.Chunks) {
-				e.Chunks = pe.Chunks
-				s.prog.files.Add(1)
-				break
-			}
-			s.prog.totalBytes.Add(e.Size)
-			jobs = append(jobs, fileJob{idx: len(tree.Entries), abs: p, size: e.Size})
+			files = append(files, fileJob{idx: len(tree.Entries), abs: p, size: e.Size})
 		default:
 			s.stats.Skipped = append(s.stats.Skipped, rel+": "+kindName(info.Mode())+" (not backed up)")
 			return nil
@@ -389,6 +460,26 @@ func (s *session) backupDir(ctx context.Context, req BackupRequest, parent map[s
 	}
 	if len(s.stats.Skipped) > 0 {
 		s.r.log.Info("entries skipped", "count", len(s.stats.Skipped), "first", s.stats.Skipped[0])
+	}
+	pt := parent()
+	if pt.err != nil {
+		return pt.err
+	}
+	var jobs []fileJob
+	for _, job := range files {
+		e := &tree.Entries[job.idx]
+		pe := pt.entries[e.Path]
+		if pe != nil && pe.Kind == KindFile && pe.Size == e.Size && pe.MTime == e.MTime &&
+			pe.CTime == e.CTime && pe.Inode == e.Inode && s.r.haveAll(pe.Chunks) {
+			e.Chunks = pe.Chunks
+			s.prog.files.Add(1)
+			continue
+		}
+		if pe != nil && pe.Kind == KindFile {
+			job.prev = pe.Chunks
+		}
+		s.prog.totalBytes.Add(e.Size)
+		jobs = append(jobs, job)
 	}
 	return s.readFiles(ctx, jobs, tree)
 }
@@ -446,7 +537,7 @@ func (s *session) readFile(ctx context.Context, w *chunkWorker, job fileJob, e *
 		return err
 	}
 	defer f.Close()
-	ids, n, err := w.storeStream(ctx, f)
+	ids, n, err := w.storeStream(ctx, f, job.prev)
 	if err != nil {
 		return fmt.Errorf("%s: %w", e.Path, err)
 	}
@@ -477,7 +568,7 @@ func (s *session) note(list *[]string, msg string) {
 func (s *session) backupStream(ctx context.Context, w *chunkWorker, src StreamSource) (StreamEntry, error) {
 	st := StreamEntry{Name: src.Name}
 	if src.Reader != nil {
-		ids, n, err := w.storeStream(ctx, src.Reader)
+		ids, n, err := w.storeStream(ctx, src.Reader, nil)
 		st.Chunks, st.Size = ids, n
 		return st, err
 	}
@@ -510,7 +601,7 @@ func (s *session) backupStream(ctx context.Context, w *chunkWorker, src StreamSo
 	var stderr bytes.Buffer
 	stderrDone := make(chan struct{})
 	go func() { io.Copy(&tailWriter{buf: &stderr, max: 4096}, errR); errR.Close(); close(stderrDone) }()
-	ids, n, readErr := w.storeStream(ctx, pr)
+	ids, n, readErr := w.storeStream(ctx, pr, nil)
 	if readErr != nil {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}

@@ -67,6 +67,27 @@ func (c *Chunker) Next() ([]byte, error) {
 	return chunk, nil
 }
 
+// NextKnown returns the next n bytes as the next chunk if known(those
+// bytes) says they are one: a chunk of the previous snapshot at this
+// offset, whose cut this chunker would make again, because a cut depends
+// only on the bytes since the chunk's start. It saves the cut's scan, and
+// returns nil without consuming anything when fewer than n bytes remain,
+// n is outside the chunk sizes, or known says no.
+func (c *Chunker) NextKnown(n int, known func([]byte) bool) ([]byte, error) {
+	if n <= c.min || n > c.max {
+		return nil, nil
+	}
+	if err := c.fill(); err != nil {
+		return nil, err
+	}
+	if c.end-c.start < n || !known(c.buf[c.start:c.start+n]) {
+		return nil, nil
+	}
+	chunk := c.buf[c.start : c.start+n]
+	c.start += n
+	return chunk, nil
+}
+
 // fill makes sure at least max bytes are buffered, or all that remain.
 func (c *Chunker) fill() error {
 	if c.eof || c.end-c.start >= c.max {

@@ -426,3 +426,101 @@ func TestChunkerCutsAreContentDefined(t *testing.T) {
 		t.Fatalf("after a 100-byte insert only %d of %d chunks are shared", same, len(a))
 	}
 }
+
+// TestKnownChunksCutAsWithout: a changed file backed up against its
+// previous chunks (skipping the cut where a stretch hashes to the previous
+// chunk at that offset) gets exactly the chunks a backup without a parent
+// cuts, whatever the change: in place, inserted, removed, grown (the
+// previous last chunk was cut by the end of the file), shrunk.
+func TestKnownChunksCutAsWithout(t *testing.T) {
+	ctx := context.Background()
+	base := randBytes(12 << 20)
+	// A compressible middle: long runs give max-size cuts.
+	copy(base[5<<20:], bytes.Repeat([]byte{'x'}, 2<<20))
+	splice := func(at, drop int, insert []byte) []byte {
+		out := append([]byte(nil), base[:at]...)
+		out = append(out, insert...)
+		return append(out, base[at+drop:]...)
+	}
+	cases := map[string][]byte{
+		"in place":     splice(6<<20+123, 4096, randBytes(4096)),
+		"first bytes":  splice(0, 10, randBytes(10)),
+		"inserted":     splice(1<<20+7, 0, randBytes(1000)),
+		"removed":      splice(3<<20, 777, nil),
+		"grown":        append(append([]byte(nil), base...), randBytes(3<<20)...),
+		"grown a byte": append(append([]byte(nil), base...), 1),
+		"shrunk":       base[:10<<20+5],
+		"unchanged":    base,
+	}
+	for name, changed := range cases {
+		t.Run(name, func(t *testing.T) {
+			s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+			r := openRepo(t, s, []byte("key"))
+			src := t.TempDir()
+			f := filepath.Join(src, "f")
+			os.WriteFile(f, base, 0o644)
+			if _, err := r.Backup(ctx, BackupRequest{Dir: src}); err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(f, changed, 0o644)
+			os.Chtimes(f, time.Now(), time.Now().Add(time.Hour)) // never "unchanged"
+			chunks := func(parent string) []ChunkID {
+				m, err := r.Backup(ctx, BackupRequest{Dir: src, Parent: parent})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m.Stats.ReadBytes != int64(len(changed)) {
+					t.Fatalf("read %d bytes of %d", m.Stats.ReadBytes, len(changed))
+				}
+				tree, err := r.ReadTree(ctx, m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return tree.Entries[1].Chunks
+			}
+			guided, plain := chunks(""), chunks("none")
+			if fmt.Sprint(guided) != fmt.Sprint(plain) {
+				t.Fatalf("chunks with the parent's hints differ from a plain cut:\n%v\n%v", guided, plain)
+			}
+		})
+	}
+}
+
+// TestNextKnown: the chunker takes a known chunk only when its bytes are
+// there, its length could be a cut and the check says yes.
+func TestNextKnown(t *testing.T) {
+	p := ChunkerParams{Min: DefaultChunkMin, Avg: DefaultChunkAvg, Max: DefaultChunkMax}
+	data := randBytes(3 << 20)
+	first, _ := NewChunker(bytes.NewReader(data), p, nil).Next()
+	n := len(first)
+	yes := func([]byte) bool { return true }
+	for _, tc := range []struct {
+		name  string
+		n     int
+		check func([]byte) bool
+		take  bool
+	}{
+		{"match", n, func(b []byte) bool { return bytes.Equal(b, data[:n]) }, true},
+		{"check says no", n, func([]byte) bool { return false }, false},
+		{"no longer than min", p.Min, yes, false},
+		{"longer than max", p.Max + 1, yes, false},
+	} {
+		c := NewChunker(bytes.NewReader(data), p, nil)
+		got, err := c.NextKnown(tc.n, tc.check)
+		if err != nil || (got != nil) != tc.take {
+			t.Fatalf("%s: took %d bytes, err %v", tc.name, len(got), err)
+		}
+		next, _ := c.Next()
+		want := first
+		if tc.take {
+			want, _ = NewChunker(bytes.NewReader(data[n:]), p, nil).Next()
+		}
+		if !bytes.Equal(next, want) {
+			t.Fatalf("%s: the chunk after it is not the one a plain cut gives", tc.name)
+		}
+	}
+	short := NewChunker(bytes.NewReader(data[:p.Min+10]), p, nil)
+	if got, _ := short.NextKnown(p.Min+11, yes); got != nil {
+		t.Fatal("took more bytes than remain")
+	}
+}
