@@ -106,6 +106,10 @@ type Registration struct {
 	started atomic.Bool
 	done    chan struct{} // closed when Run returns
 
+	// reportMu orders check reports against Drain: a result of the check
+	// loop is sent before Drain's critical one or not at all.
+	reportMu sync.Mutex
+
 	mu            sync.Mutex
 	role          string // RolePrimary, RoleReplica or ""
 	maint         bool
@@ -274,6 +278,10 @@ func (r *Registration) SetRole(role string) {
 func (r *Registration) Drain(ctx context.Context, reason string) error {
 	r.mu.Lock()
 	r.draining = true
+	r.mu.Unlock()
+	r.reportMu.Lock()
+	defer r.reportMu.Unlock()
+	r.mu.Lock()
 	reg := r.registered
 	r.mu.Unlock()
 	out := "lifeboat is shutting down"
@@ -519,20 +527,31 @@ func (r *Registration) checkLoop(ctx context.Context) {
 		env := []string{"LIFEBOAT_ROLE=" + r.role}
 		r.mu.Unlock()
 		res := r.checker.run(ctx, env)
-		if ctx.Err() != nil || r.isDraining() {
+		if ctx.Err() != nil || !r.report(ctx, res) {
 			return
-		}
-		r.record(res)
-		r.mu.Lock()
-		reg := r.registered
-		r.mu.Unlock()
-		if reg {
-			if err := r.updateTTL(ctx, res); err != nil && ctx.Err() == nil {
-				r.log.Warn("cannot report the check result to the Consul agent", "error", err)
-			}
 		}
 		t.Reset(r.checker.check.Interval)
 	}
+}
+
+// report records a check result and sends it to the agent; once Drain has
+// begun it drops the result and returns false.
+func (r *Registration) report(ctx context.Context, res Result) bool {
+	r.reportMu.Lock()
+	defer r.reportMu.Unlock()
+	r.mu.Lock()
+	draining, reg := r.draining, r.registered
+	r.mu.Unlock()
+	if draining {
+		return false
+	}
+	r.record(res)
+	if reg {
+		if err := r.updateTTL(ctx, res); err != nil && ctx.Err() == nil {
+			r.log.Warn("cannot report the check result to the Consul agent", "error", err)
+		}
+	}
+	return true
 }
 
 func (r *Registration) isDraining() bool {
