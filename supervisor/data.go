@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -364,21 +363,18 @@ func (s *Supervisor) restoreOne(ctx context.Context, m *snapshot.Manifest) (*sna
 			Env: envList(s.hookVars("restore", "", m.ID), m.Meta)}
 	}
 	s.log.Info("restoring", "snapshot", m.ID, "snapshot_time", m.Time, "data", dir)
+	postRestore := s.hook(hookPostRestore) != nil
 	res, err := s.data.repo.Restore(ctx, snapshot.RestoreRequest{Manifest: m, Target: dir, Force: true,
-		Ignore: restoreIgnore, Streams: sinks})
+		Ignore: restoreIgnore, Streams: sinks, Unfinished: postRestore})
 	if err != nil {
 		return nil, err
 	}
-	if s.hook(hookPostRestore) != nil {
-		marker := filepath.Join(dir, snapshot.RestoringMarker)
-		if err := os.WriteFile(marker, []byte(`{"snapshot":"`+m.ID+`","phase":"post_restore"}`), 0o600); err != nil {
-			return nil, fmt.Errorf("mark post_restore in progress: %w", err)
-		}
+	if postRestore {
 		if _, err := s.runHook(ctx, hookPostRestore, s.hookVars(hookPostRestore, "", m.ID), m.Meta); err != nil {
 			return nil, err
 		}
-		if err := os.Remove(marker); err != nil {
-			return nil, err
+		if err := snapshot.FinishRestore(dir); err != nil {
+			return nil, fmt.Errorf("finish the restore after post_restore: %w", err)
 		}
 	}
 	s.log.Info("restored", "snapshot", m.ID, "files", res.Files, "bytes", res.Bytes, "duration", res.Duration.Round(time.Millisecond).String())

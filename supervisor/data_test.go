@@ -722,7 +722,7 @@ func TestDataHooks(t *testing.T) {
   hook "pre_backup" { command = ["/bin/sh", "-c", "echo position=$(cat $LIFEBOAT_DATA/pos) > $LIFEBOAT_METADATA_FILE; echo pre_backup $LIFEBOAT_TRIGGER $LIFEBOAT_REASON >> %[1]s; [ ! -e %[2]s ]"] }
   hook "post_backup" { command = ["/bin/sh", "-c", "echo post_backup $${LIFEBOAT_SNAPSHOT:-none} $${LIFEBOAT_BACKUP_ERROR:+failed} >> %[1]s"] }
   hook "pre_restore" { command = ["/bin/sh", "-c", "echo pre_restore $LIFEBOAT_SNAPSHOT $LIFEBOAT_META_POSITION >> %[1]s"] }
-  hook "post_restore" { command = ["/bin/sh", "-c", "echo post_restore $LIFEBOAT_SNAPSHOT $LIFEBOAT_META_POSITION $(cat $LIFEBOAT_DATA/pos) >> %[1]s"] }
+  hook "post_restore" { command = ["/bin/sh", "-c", "echo post_restore $LIFEBOAT_SNAPSHOT $LIFEBOAT_META_POSITION $(cat $LIFEBOAT_DATA/pos) $(test -e $LIFEBOAT_DATA/.lifeboat-restoring && echo marked) >> %[1]s"] }
 `, hookLog, fail)
 	cfg := r.config(t, "exec sleep 600", "", hooks)
 	c := r.start(t, cfg)
@@ -767,10 +767,13 @@ func TestDataHooks(t *testing.T) {
 		"pre_backup notify",
 		"post_backup none failed",
 		"pre_restore " + id + " 42",
-		"post_restore " + id + " 42 42",
+		"post_restore " + id + " 42 42 marked", // a crash in the hook leaves a half restore
 	}, "\n") + "\n"
 	if got := fileText(hookLog); got != want {
 		t.Errorf("hook runs:\n%s\nwant:\n%s\nlog:\n%s", got, want, c2.out.String())
+	}
+	if snapshot.RestoreIncomplete(r.data) {
+		t.Errorf("the restore still counts as interrupted after post_restore succeeded")
 	}
 }
 

@@ -44,6 +44,11 @@ type RestoreRequest struct {
 	Ignore   []string
 	Streams  map[string]StreamSink // streams without a sink are skipped
 	Progress func(Progress)
+	// Unfinished leaves RestoringMarker in place after the data and
+	// RestoredMarker are on disk: the caller has more to do before the
+	// directory may be used (a post_restore hook) and ends the restore
+	// with FinishRestore.
+	Unfinished bool
 }
 
 // RestoreResult reports a finished restore.
@@ -103,7 +108,7 @@ func (r *Repository) Restore(ctx context.Context, req RestoreRequest) (*RestoreR
 		res.Bytes += st.Size
 	}
 	if req.Target != "" {
-		if err := finishMarkers(req.Target, m); err != nil {
+		if err := finishMarkers(req.Target, m, !req.Unfinished); err != nil {
 			return nil, err
 		}
 	}
@@ -257,8 +262,8 @@ func writeMarker(p string, v any) error {
 }
 
 // finishMarkers syncs the restored data, then writes the completion marker
-// and removes the in-progress one.
-func finishMarkers(target string, m *Manifest) error {
+// and, when finish is set, removes the in-progress one.
+func finishMarkers(target string, m *Manifest, finish bool) error {
 	d, err := os.Open(target)
 	if err != nil {
 		return err
@@ -269,6 +274,25 @@ func finishMarkers(target string, m *Manifest) error {
 	}
 	if err := writeMarker(filepath.Join(target, RestoredMarker), map[string]any{"snapshot": m.ID, "time": m.Time, "restored": time.Now().UTC()}); err != nil {
 		return err
+	}
+	if !finish {
+		return d.Sync()
+	}
+	return FinishRestore(target)
+}
+
+// FinishRestore ends a restore made with RestoreRequest.Unfinished: it
+// removes RestoringMarker and syncs the directory, so the target counts as
+// complete after a crash only once this returned. Whatever the caller
+// changed in the target meanwhile is synced first.
+func FinishRestore(target string) error {
+	d, err := os.Open(target)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("sync restored data: %w", err)
 	}
 	if err := os.Remove(filepath.Join(target, RestoringMarker)); err != nil {
 		return err
