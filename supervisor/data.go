@@ -497,23 +497,18 @@ func (s *Supervisor) runBackup(_ context.Context, batch trigger.Batch) (string, 
 		return "", fmt.Errorf("%w (%w)", errNotLeader, trigger.ErrSkipped)
 	}
 	s.data.retention.pause() // prune's exclusive lease would refuse this backup
-	sources := batch.Sources()
-	reasons := strings.Join(batch.Reasons(), "; ")
 	// The manifest's reason says what asked and why: "notify, schedule:
 	// before migration".
-	reason := strings.Join(sources, ", ")
-	if reasons != "" {
+	reason := strings.Join(batch.Sources(), ", ")
+	if reasons := strings.Join(batch.Reasons(), "; "); reasons != "" {
 		reason += ": " + reasons
 	}
-	vars := s.hookVars(hookPreBackup, reasons, "")
-	vars[hooks.VarTrigger] = strings.Join(sources, ",")
-	meta, err := s.runHook(ctx, hookPreBackup, vars, nil)
+	meta, err := s.runHook(ctx, hookPreBackup, s.backupVars(hookPreBackup, batch), nil)
 	var m *snapshot.Manifest
 	if err == nil {
 		m, err = s.takeSnapshot(ctx, batch, reason, meta)
 	}
-	post := s.hookVars(hookPostBackup, reasons, "")
-	post[hooks.VarTrigger] = vars[hooks.VarTrigger]
+	post := s.backupVars(hookPostBackup, batch)
 	if err != nil {
 		post[hooks.VarBackupError] = err.Error()
 	} else {
@@ -537,7 +532,7 @@ func (s *Supervisor) takeSnapshot(ctx context.Context, batch trigger.Batch, reas
 	var streams []snapshot.StreamSource
 	// Stream commands get the rendered env block like the app (a
 	// mariadb-backup needs the password the app got from Vault).
-	env := append(s.secretsEnv(), envList(s.hookVars("backup", reason, ""), meta)...)
+	env := append(s.secretsEnv(), envList(s.backupVars("backup", batch), meta)...)
 	for _, sc := range b.Streams {
 		streams = append(streams, snapshot.StreamSource{Name: sc.Name, Command: sc.Command, Env: env})
 	}
@@ -720,6 +715,14 @@ func (s *Supervisor) hookVars(phase, reason, snap string) map[string]string {
 	if s.data.fencingToken != nil {
 		v[hooks.VarFencingToken] = strconv.FormatUint(s.data.fencingToken(), 10)
 	}
+	return v
+}
+
+// backupVars is hookVars for a backup of batch: the hooks and the stream
+// commands get the same LIFEBOAT_TRIGGER and LIFEBOAT_REASON.
+func (s *Supervisor) backupVars(phase string, batch trigger.Batch) map[string]string {
+	v := s.hookVars(phase, strings.Join(batch.Reasons(), "; "), "")
+	v[hooks.VarTrigger] = strings.Join(batch.Sources(), ",")
 	return v
 }
 

@@ -359,7 +359,7 @@ func TestInterruptedRestore(t *testing.T) {
 	// the restore command parks, so the kill lands mid-restore.
 	stream := fmt.Sprintf(`
   stream "dump" {
-    command = ["/bin/sh", "-c", "cat %[1]s/dump.src"]
+    command = ["/bin/sh", "-c", "echo $LIFEBOAT_PHASE $LIFEBOAT_TRIGGER $LIFEBOAT_REASON >> %[1]s/stream-env; cat %[1]s/dump.src"]
     restore_command = ["/bin/sh", "-c", "touch %[2]s; while [ -e %[3]s ]; do sleep 0.05; done; cat > %[4]s/dump.out"]
   }`, r.dir, inRestore, hold, r.data)
 	os.WriteFile(filepath.Join(r.dir, "dump.src"), []byte("the stream\n"), 0o600)
@@ -370,6 +370,10 @@ func TestInterruptedRestore(t *testing.T) {
 	r.waitRunning(t, c)
 	writeData(t, r.data, "one", 4<<20)
 	r.notify(t, true, "before loss")
+	// The stream command gets the variables the hooks get.
+	if env := strings.Split(strings.TrimSpace(fileText(filepath.Join(r.dir, "stream-env"))), "\n"); env[len(env)-1] != "backup notify before loss" {
+		t.Errorf("stream command's LIFEBOAT_PHASE, _TRIGGER, _REASON: %q, want \"backup notify before loss\"", env[len(env)-1])
+	}
 	want := treeDigest(t, r.data)
 	c.kill()
 	os.RemoveAll(r.data)
