@@ -42,13 +42,11 @@ func (s *Supervisor) runHook(ctx context.Context, name string, vars, meta map[st
 	if h == nil {
 		return nil, nil
 	}
-	r := hooks.Runner{Starter: process.CodeStarter{Reaper: s.reaper}, Logger: s.log}
 	var opts []hooks.Option
 	if meta != nil {
 		opts = append(opts, hooks.WithMetadata(meta))
 	}
-	res, err := r.Run(ctx, hooks.Hook{Name: h.Name, Command: h.Command, Timeout: config.Dur(h.Timeout),
-		User: h.User, Env: s.hookEnv(h.Env)}, vars, opts...)
+	res, err := s.runConfigHook(ctx, h, vars, opts...)
 	s.data.m.hookResult(name, err)
 	if err != nil {
 		return nil, err
@@ -57,6 +55,17 @@ func (s *Supervisor) runHook(ctx context.Context, name string, vars, meta map[st
 		return nil, nil
 	}
 	return res.Metadata, nil
+}
+
+// runConfigHook runs a configured hook (data or election) through the
+// hook runner, with the reaper as its starter when lifeboat is PID 1.
+func (s *Supervisor) runConfigHook(ctx context.Context, h *config.Hook, vars map[string]string, opts ...hooks.Option) (hooks.Result, error) {
+	r := hooks.Runner{Logger: s.log}
+	if s.reaper != nil {
+		r.Starter = process.CodeStarter{Reaper: s.reaper}
+	}
+	return r.Run(ctx, hooks.Hook{Name: h.Name, Command: h.Command, Timeout: config.Dur(h.Timeout),
+		User: h.User, Env: s.hookEnv(h.Env)}, vars, opts...)
 }
 
 // hookEnv is a hook's environment on top of lifeboat's: the rendered env

@@ -18,7 +18,6 @@ import (
 	"github.com/lifeboat/lifeboat/hooks"
 	"github.com/lifeboat/lifeboat/supervisor/config"
 	"github.com/lifeboat/lifeboat/supervisor/election"
-	"github.com/lifeboat/lifeboat/supervisor/process"
 	"golang.org/x/sys/unix"
 )
 
@@ -211,12 +210,7 @@ func (h electionHooks) Run(ctx context.Context, name string, env map[string]stri
 	if s.cfg.Data != nil && s.cfg.Data.Path != "" {
 		env[hooks.VarData] = s.cfg.Data.Path
 	}
-	r := hooks.Runner{Logger: s.log}
-	if s.reaper != nil {
-		r.Starter = process.CodeStarter{Reaper: s.reaper}
-	}
-	if _, err := r.Run(ctx, hooks.Hook{Name: hk.Name, Command: hk.Command, Timeout: config.Dur(hk.Timeout),
-		User: hk.User, Env: s.hookEnv(hk.Env)}, env); err != nil {
+	if _, err := s.runConfigHook(ctx, hk, env); err != nil {
 		return fmt.Errorf("election hook %s: %w", name, err)
 	}
 	return nil
