@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -84,15 +85,77 @@ func Missing(t testing.TB, format string, args ...any) {
 	t.Skipf("prerequisite missing: "+format, args...)
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// ports remembers the ports FreePort handed out in this test binary.
+var ports struct {
+	sync.Mutex
+	given map[int]bool
+}
+
+// FreePort returns a port on 127.0.0.1 that was free for TCP and UDP a
+// moment ago, never the same twice in one test binary. It is picked below
+// the kernel's ephemeral range: a port the kernel chose (port 0) can be
+// taken by the client side of any connection before the server binds it,
+// which made servers fail with "address already in use".
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("testrig: free port: %v", err)
+	ports.Lock()
+	defer ports.Unlock()
+	if ports.given == nil {
+		ports.given = map[int]bool{}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	const low = 10000
+	if top := ephemeralLow(); top > low+1000 {
+		for range 200 {
+			p := low + rand.IntN(top-low)
+			if !ports.given[p] && portFree(p) {
+				ports.given[p] = true
+				return p
+			}
+		}
+	}
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("testrig: free port: %v", err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !ports.given[p] {
+			ports.given[p] = true
+			return p
+		}
+	}
+	t.Fatal("testrig: no free port")
+	return 0
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range, 0 when
+// it cannot be read.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		return 0
+	}
+	return lo
+}
+
+func portFree(p int) bool {
+	addr := fmt.Sprintf("127.0.0.1:%d", p)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	l.Close()
+	u, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return false
+	}
+	u.Close()
+	return true
 }
 
 // Server is one running server process with its log file.

@@ -2,6 +2,8 @@ package testrig
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -86,5 +88,28 @@ func TestConsulClusterSmoke(t *testing.T) {
 	defer agents[2].Thaw()
 	if err := agents[0].waitReady(agents[0].ready); err != nil {
 		t.Fatalf("after freezing one agent: %v", err)
+	}
+}
+
+// TestFreePortOutsideEphemeralRange: FreePort's ports are distinct,
+// bindable, and below the kernel's ephemeral range, where no outgoing
+// connection can take them before the server binds.
+func TestFreePortOutsideEphemeralRange(t *testing.T) {
+	low := ephemeralLow()
+	seen := map[int]bool{}
+	for range 50 {
+		p := FreePort(t)
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		seen[p] = true
+		if low > 11000 && p >= low {
+			t.Fatalf("port %d is in the ephemeral range (from %d)", p, low)
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			t.Fatalf("port %d: %v", p, err)
+		}
+		l.Close()
 	}
 }
