@@ -264,21 +264,17 @@ func writeMarker(p string, v any) error {
 // finishMarkers syncs the restored data, then writes the completion marker
 // and, when finish is set, removes the in-progress one.
 func finishMarkers(target string, m *Manifest, finish bool) error {
-	d, err := os.Open(target)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := unix.Syncfs(int(d.Fd())); err != nil {
-		return fmt.Errorf("sync restored data: %w", err)
-	}
-	if err := writeMarker(filepath.Join(target, RestoredMarker), map[string]any{"snapshot": m.ID, "time": m.Time, "restored": time.Now().UTC()}); err != nil {
-		return err
-	}
-	if !finish {
+	return afterSyncfs(target, func(d *os.File) error {
+		if err := writeMarker(filepath.Join(target, RestoredMarker), map[string]any{"snapshot": m.ID, "time": m.Time, "restored": time.Now().UTC()}); err != nil {
+			return err
+		}
+		if finish {
+			if err := os.Remove(filepath.Join(target, RestoringMarker)); err != nil {
+				return err
+			}
+		}
 		return d.Sync()
-	}
-	return FinishRestore(target)
+	})
 }
 
 // FinishRestore ends a restore made with RestoreRequest.Unfinished: it
@@ -286,7 +282,18 @@ func finishMarkers(target string, m *Manifest, finish bool) error {
 // complete after a crash only once this returned. Whatever the caller
 // changed in the target meanwhile is synced first.
 func FinishRestore(target string) error {
-	d, err := os.Open(target)
+	return afterSyncfs(target, func(d *os.File) error {
+		if err := os.Remove(filepath.Join(target, RestoringMarker)); err != nil {
+			return err
+		}
+		return d.Sync()
+	})
+}
+
+// afterSyncfs syncs the file system holding dir, then calls then with dir
+// open.
+func afterSyncfs(dir string, then func(d *os.File) error) error {
+	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
@@ -294,10 +301,7 @@ func FinishRestore(target string) error {
 	if err := unix.Syncfs(int(d.Fd())); err != nil {
 		return fmt.Errorf("sync restored data: %w", err)
 	}
-	if err := os.Remove(filepath.Join(target, RestoringMarker)); err != nil {
-		return err
-	}
-	return d.Sync()
+	return then(d)
 }
 
 // target is one place a chunk's bytes go.
