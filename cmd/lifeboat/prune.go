@@ -62,40 +62,32 @@ no one: while a backup runs it deletes nothing and exits 1; retry later.`)
 	}
 	keepFlags := false
 	fs.Visit(func(f *flag.Flag) { keepFlags = keepFlags || strings.HasPrefix(f.Name, "keep-") })
-	s, err := rf.load("")
-	if err != nil {
-		return exitWith("prune", err)
-	}
-	defer s.stop()
-	if !keepFlags {
-		p = supervisor.KeepPolicy(s.cfg.Backup)
-	}
-	if p.Empty() {
-		fmt.Fprintln(os.Stderr, "lifeboat prune: no keep policy (--keep-* or backup.keep): every snapshot is kept, only unreferenced data is deleted")
-	}
-	repo, err := s.openRepo(false)
-	if err != nil {
-		return exitWith("prune", err)
-	}
-	defer repo.Store().Close()
-	g := *grace
-	if g == 0 {
-		g = -1 // the engine's "none"; its 0 means the default
-	}
-	res, err := snapshot.Prune(s.ctx, repo, p, snapshot.PruneOptions{DryRun: *dryRun, Grace: g})
-	if err != nil {
-		if errors.Is(err, snapshot.ErrLocked) {
-			return exitWith("prune", fmt.Errorf("%w (nothing was deleted)", err))
+	return rf.withRepo("prune", func(s *session, repo *snapshot.Repository) (int, error) {
+		if !keepFlags {
+			p = supervisor.KeepPolicy(s.cfg.Backup)
 		}
-		return exitWith("prune", err)
-	}
-	if *asJSON {
-		b, _ := json.MarshalIndent(pruneJSON(res), "", "  ")
-		fmt.Println(string(b))
-		return 0
-	}
-	printPruneResult(os.Stdout, res, p, time.Local)
-	return 0
+		if p.Empty() {
+			fmt.Fprintln(os.Stderr, "lifeboat prune: no keep policy (--keep-* or backup.keep): every snapshot is kept, only unreferenced data is deleted")
+		}
+		g := *grace
+		if g == 0 {
+			g = -1 // the engine's "none"; its 0 means the default
+		}
+		res, err := snapshot.Prune(s.ctx, repo, p, snapshot.PruneOptions{DryRun: *dryRun, Grace: g})
+		if errors.Is(err, snapshot.ErrLocked) {
+			return 0, fmt.Errorf("%w (nothing was deleted)", err)
+		}
+		if err != nil {
+			return 0, err
+		}
+		if *asJSON {
+			b, _ := json.MarshalIndent(pruneJSON(res), "", "  ")
+			fmt.Println(string(b))
+			return 0, nil
+		}
+		printPruneResult(os.Stdout, res, p, time.Local)
+		return 0, nil
+	})
 }
 
 // pruneJSON is the result with decisions by id (a Decision holds the whole

@@ -88,6 +88,27 @@ func exitWith(name string, err error) int {
 	return exitFailure
 }
 
+// withRepo loads the config, opens the existing repository and calls fn:
+// the start of every command that reads a repository. It returns fn's exit
+// code, or exitWith's for an error.
+func (f *repoFlags) withRepo(name string, fn func(s *session, repo *snapshot.Repository) (int, error)) int {
+	s, err := f.load("")
+	if err != nil {
+		return exitWith(name, err)
+	}
+	defer s.stop()
+	repo, err := s.openRepo(false)
+	if err != nil {
+		return exitWith(name, err)
+	}
+	defer repo.Store().Close()
+	code, err := fn(s, repo)
+	if err != nil {
+		return exitWith(name, err)
+	}
+	return code
+}
+
 // session is what a snapshot command works with: the loaded config, a
 // logger, and a context cancelled by SIGINT/SIGTERM.
 type session struct {
@@ -198,30 +219,22 @@ func runSnapshots(args []string) int {
 		fs.Usage()
 		return exitUsage
 	}
-	s, err := rf.load("")
-	if err != nil {
-		return exitWith("snapshots", err)
-	}
-	defer s.stop()
-	repo, err := s.openRepo(false)
-	if err != nil {
-		return exitWith("snapshots", err)
-	}
-	defer repo.Store().Close()
-	list, err := repo.Snapshots(s.ctx)
-	if err != nil {
-		return exitWith("snapshots", err)
-	}
-	if *asJSON {
-		if list == nil {
-			list = []*snapshot.Manifest{}
+	return rf.withRepo("snapshots", func(s *session, repo *snapshot.Repository) (int, error) {
+		list, err := repo.Snapshots(s.ctx)
+		if err != nil {
+			return 0, err
 		}
-		b, _ := json.MarshalIndent(list, "", "  ")
-		fmt.Println(string(b))
-		return 0
-	}
-	writeSnapshotTable(os.Stdout, list, snapshot.Latest(list), time.Local)
-	return 0
+		if *asJSON {
+			if list == nil {
+				list = []*snapshot.Manifest{}
+			}
+			b, _ := json.MarshalIndent(list, "", "  ")
+			fmt.Println(string(b))
+			return 0, nil
+		}
+		writeSnapshotTable(os.Stdout, list, snapshot.Latest(list), time.Local)
+		return 0, nil
+	})
 }
 
 // writeSnapshotTable prints one row per snapshot, oldest first.

@@ -61,30 +61,22 @@ Exits 1 when it finds a problem; every problem is listed, not just the first.`)
 		fs.Usage()
 		return exitUsage
 	}
-	s, err := rf.load("")
-	if err != nil {
-		return exitWith("verify", err)
-	}
-	defer s.stop()
-	repo, err := s.openRepo(false)
-	if err != nil {
-		return exitWith("verify", err)
-	}
-	defer repo.Store().Close()
-	rep, err := snapshot.Verify(s.ctx, repo, snapshot.VerifyOptions{ReadDataPercent: float64(readData)})
-	if err != nil {
-		return exitWith("verify", err)
-	}
-	if *asJSON {
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		fmt.Println(string(b))
-	} else {
-		printVerifyReport(rep, repo.Store().String())
-	}
-	if !rep.OK() {
-		return exitFailure
-	}
-	return 0
+	return rf.withRepo("verify", func(s *session, repo *snapshot.Repository) (int, error) {
+		rep, err := snapshot.Verify(s.ctx, repo, snapshot.VerifyOptions{ReadDataPercent: float64(readData)})
+		if err != nil {
+			return 0, err
+		}
+		if *asJSON {
+			b, _ := json.MarshalIndent(rep, "", "  ")
+			fmt.Println(string(b))
+		} else {
+			printVerifyReport(rep, repo.Store().String())
+		}
+		if !rep.OK() {
+			return exitFailure, nil
+		}
+		return 0, nil
+	})
 }
 
 func printVerifyReport(rep *snapshot.VerifyReport, store string) {
