@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/crypto/hkdf"
@@ -63,8 +64,19 @@ type ChunkID [32]byte
 
 func (id ChunkID) String() string { return fmt.Sprintf("%x", id[:]) }
 
-// hasher computes chunk ids.
-type hasher struct{ key []byte }
+// hasher computes chunk ids; keyed ones come from a pool (a keyed BLAKE3
+// hasher is a few KiB to set up, and there is one per chunk).
+type hasher struct {
+	key   []byte
+	keyed *sync.Pool
+}
+
+func newHasher(key []byte) hasher {
+	return hasher{key: key, keyed: &sync.Pool{New: func() any {
+		x, _ := blake3.NewKeyed(key)
+		return x
+	}}}
+}
 
 func (h hasher) sum(data []byte) ChunkID {
 	var id ChunkID
@@ -72,9 +84,11 @@ func (h hasher) sum(data []byte) ChunkID {
 		id = blake3.Sum256(data)
 		return id
 	}
-	x, _ := blake3.NewKeyed(h.key)
+	x := h.keyed.Get().(*blake3.Hasher)
+	x.Reset()
 	x.Write(data)
 	x.Sum(id[:0])
+	h.keyed.Put(x)
 	return id
 }
 

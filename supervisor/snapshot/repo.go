@@ -226,7 +226,7 @@ func (r *Repository) unlock(key []byte) error {
 		return fmt.Errorf("repository %s: %w", r.store, ErrWrongKey)
 	}
 	r.keys = k
-	r.hash = hasher{key: k.id}
+	r.hash = newHasher(k.id)
 	return nil
 }
 
