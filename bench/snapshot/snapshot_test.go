@@ -11,7 +11,8 @@
 // restic,rclone), LIFEBOAT_BENCH_DIR (keeps the generated data set between
 // invocations; default a temp dir), LIFEBOAT_BENCH_RESTORE_FS=ext4 (each
 // restore into a new, empty ext4 file system on a loop device, as a new
-// container's volume; needs root), LIFEBOAT_BENCH_OUT (also write the
+// container's volume; needs root) or =tmpfs (into a new tmpfs: no disk;
+// needs root), LIFEBOAT_BENCH_OUT (also write the
 // markdown table there). The results table goes to the test log.
 package snapshot
 
@@ -221,8 +222,9 @@ func runTool(b *testing.B, t tool, client *minio.Client, prefix, dataDir, restor
 		b.Fatal(err)
 	}
 	cleanup := func() error { return os.RemoveAll(restoreDir) }
-	if os.Getenv("LIFEBOAT_BENCH_RESTORE_FS") == "ext4" {
-		unmount := freshExt4(b, restoreDir, 2*size+(256<<20))
+	switch fsType := os.Getenv("LIFEBOAT_BENCH_RESTORE_FS"); fsType {
+	case "ext4", "tmpfs":
+		unmount := freshFS(b, fsType, restoreDir, 2*size+(256<<20))
 		cleanup = func() error { unmount(); return os.Remove(restoreDir) }
 	}
 	ms := run(b, t, t.restore(prefix, restoreDir))
@@ -241,29 +243,38 @@ func runTool(b *testing.B, t tool, client *minio.Client, prefix, dataDir, restor
 	return res, changed
 }
 
-// freshExt4 mounts a new, empty ext4 file system of size bytes (a sparse
-// image on a loop device) at dir: what a new container's empty volume is.
-// Restoring into a directory of the disk that held the previous restore a
-// moment ago makes ext4's inode allocator skip the just-freed inodes, a
-// cost no container start has. The returned func unmounts and deletes it.
-func freshExt4(b *testing.B, dir string, size int64) func() {
+// freshFS mounts a new, empty file system of size bytes at dir. "ext4" is
+// a sparse image on a loop device: what a new container's empty volume
+// is. Restoring into a directory of the disk that held the previous
+// restore a moment ago makes ext4's inode allocator skip the just-freed
+// inodes, a cost no container start has. "tmpfs" takes the disk out
+// altogether: what is left is each restorer's own work and the kernel's
+// page cache. The returned func unmounts it (and deletes the image).
+func freshFS(b *testing.B, fsType, dir string, size int64) func() {
 	img := dir + ".img"
-	f, err := os.Create(img)
-	if err == nil {
-		err = f.Truncate(size)
-		f.Close()
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, argv := range [][]string{
-		{"mkfs.ext4", "-q", "-F", img},
+	steps := [][]string{
 		{"mkdir", "-p", dir},
-		{"mount", "-o", "loop", img, dir},
-	} {
+		{"mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir},
+	}
+	if fsType == "ext4" {
+		f, err := os.Create(img)
+		if err == nil {
+			err = f.Truncate(size)
+			f.Close()
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		steps = [][]string{
+			{"mkfs.ext4", "-q", "-F", img},
+			{"mkdir", "-p", dir},
+			{"mount", "-o", "loop", img, dir},
+		}
+	}
+	for _, argv := range steps {
 		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
 			os.Remove(img)
-			b.Fatalf("fresh ext4 for the restore: %s: %v\n%s", strings.Join(argv, " "), err, out)
+			b.Fatalf("fresh %s for the restore: %s: %v\n%s", fsType, strings.Join(argv, " "), err, out)
 		}
 	}
 	return func() {
