@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"github.com/lifeboat/lifeboat/supervisor/storage"
 )
 
 // A pack is chunks back to back, then a trailer listing them:
@@ -47,6 +49,18 @@ type packEntry struct {
 }
 
 func packKey(id string) string { return packPrefix + id[:2] + "/" + id }
+
+// storedPacks lists the packs in the store by id.
+func (r *Repository) storedPacks(ctx context.Context) (map[string]storage.ObjectInfo, error) {
+	stored := map[string]storage.ObjectInfo{}
+	if err := r.store.List(ctx, packPrefix, func(o storage.ObjectInfo) error {
+		stored[packIDFromKey(o.Key)] = o
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list packs: %w", err)
+	}
+	return stored, nil
+}
 
 // encodeTrailer builds the trailer and footer for entries.
 func (r *Repository) encodeTrailer(entries []packEntry) ([]byte, error) {

@@ -132,12 +132,9 @@ func Prune(ctx context.Context, r *Repository, policy KeepPolicy, opts PruneOpti
 	if err != nil {
 		return nil, fmt.Errorf("prune: %w; run lifeboat verify before pruning", err)
 	}
-	stored := map[string]storage.ObjectInfo{}
-	if err := r.store.List(ctx, packPrefix, func(o storage.ObjectInfo) error {
-		stored[packIDFromKey(o.Key)] = o
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("prune: list packs: %w", err)
+	stored, err := r.storedPacks(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("prune: %w", err)
 	}
 
 	// A pack is needed when it holds a referenced chunk. Every referenced

@@ -147,12 +147,9 @@ func Verify(ctx context.Context, r *Repository, opts VerifyOptions) (*VerifyRepo
 	}
 
 	// Packs as stored.
-	stored := map[string]storage.ObjectInfo{}
-	if err := r.store.List(ctx, packPrefix, func(o storage.ObjectInfo) error {
-		stored[packIDFromKey(o.Key)] = o
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("verify: list packs: %w", err)
+	stored, err := r.storedPacks(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
 	}
 	rep.Packs = len(stored)
 
@@ -468,14 +465,15 @@ func RepairIndex(ctx context.Context, r *Repository) (*RepairResult, error) {
 			indexed[p.ID] = true
 		}
 	}
+	stored, err := r.storedPacks(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("repair index: %w", err)
+	}
 	var missing []storage.ObjectInfo
-	if err := r.store.List(ctx, packPrefix, func(o storage.ObjectInfo) error {
-		if !indexed[packIDFromKey(o.Key)] {
+	for id, o := range stored {
+		if !indexed[id] {
 			missing = append(missing, o)
 		}
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("repair index: list packs: %w", err)
 	}
 	res := &RepairResult{}
 	var mu sync.Mutex
