@@ -134,6 +134,11 @@ func (r *Repository) decodeIndex(key string, b []byte) (*indexFile, error) {
 	if idx.Version != 1 {
 		return nil, fmt.Errorf("%s: index version %d not supported", key, idx.Version)
 	}
+	for _, p := range idx.Packs {
+		if !validPackID(p.ID) {
+			return nil, fmt.Errorf("%s: %w: pack id %q", key, ErrCorrupt, p.ID)
+		}
+	}
 	return &idx, nil
 }
 

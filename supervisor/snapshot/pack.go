@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -50,11 +51,24 @@ type packEntry struct {
 
 func packKey(id string) string { return packPrefix + id[:2] + "/" + id }
 
-// storedPacks lists the packs in the store by id.
+// validPackID reports whether id is a pack id (32 hex digits, what a
+// backup names its packs): ids come from stored bytes and keys.
+func validPackID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil
+}
+
+// storedPacks lists the packs in the store by id; objects under packs/
+// that are not named like packs are not packs and are left out.
 func (r *Repository) storedPacks(ctx context.Context) (map[string]storage.ObjectInfo, error) {
 	stored := map[string]storage.ObjectInfo{}
 	if err := r.store.List(ctx, packPrefix, func(o storage.ObjectInfo) error {
-		stored[packIDFromKey(o.Key)] = o
+		if id := packIDFromKey(o.Key); validPackID(id) && o.Key == packKey(id) {
+			stored[id] = o
+		}
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("list packs: %w", err)

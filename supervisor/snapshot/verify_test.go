@@ -319,3 +319,41 @@ func BenchmarkPrune(b *testing.B) {
 		}
 	}
 }
+
+// TestMalformedPackIDs: an index naming a pack "a" and a stray object under
+// packs/ are damage to report, never a slice out of range (a panic in a
+// restore worker would take PID 1 down).
+func TestMalformedPackIDs(t *testing.T) {
+	ctx := context.Background()
+	s := fileStore(t)
+	r := smallRepo(t, s, nil)
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "f"), randBytes(100<<10), 0o644)
+	if _, err := r.Backup(ctx, BackupRequest{Dir: src}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.encodeObject("index", &indexFile{Version: 1, Packs: []indexPack{{ID: "a", Size: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, indexPrefix+"short", bytes.NewReader(b), int64(len(b))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, packPrefix+"x", bytes.NewReader([]byte("stray")), 5); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Verify(ctx, r, VerifyOptions{ReadDataPercent: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK() || !strings.Contains(fmt.Sprint(rep.Problems), "pack id") {
+		t.Errorf("verify did not report the malformed index: %+v", rep.Problems)
+	}
+	r2, err := Open(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r2.Restore(ctx, RestoreRequest{Target: t.TempDir()}); err != nil {
+		t.Errorf("restore beside a malformed index object: %v", err)
+	}
+}
