@@ -729,6 +729,11 @@ func (r *Repository) restoreStream(ctx context.Context, st StreamEntry, sink Str
 	}
 	stop := killOnCancel(ctx, cmd.Process.Pid, pw)
 	werr := r.ReadChunks(ctx, st.Chunks, pw, prog)
+	if werr != nil {
+		// Before the pipe closes: a closed pipe is a clean end of input,
+		// and the command would take the truncated stream for all of it.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
 	pw.Close()
 	code, err := wait()
 	stop()

@@ -1,8 +1,10 @@
 package snapshot
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,4 +93,44 @@ func containsState(stat []byte, c byte) bool {
 		}
 	}
 	return false
+}
+
+// TestCorruptStreamNeverEndsCleanly: when a stream's chunk fails its check
+// mid-restore, the restore command is killed, never handed a clean end of
+// input (a mysql or psql would apply the truncated dump and exit 0).
+func TestCorruptStreamNeverEndsCleanly(t *testing.T) {
+	ctx := context.Background()
+	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	r := openRepo(t, s, nil)
+	in := filepath.Join(t.TempDir(), "in")
+	os.WriteFile(in, randBytes(6<<20), 0o600) // several chunks, incompressible
+	m, err := r.Backup(ctx, BackupRequest{Streams: []StreamSource{{Name: "db", Command: []string{"cat", in}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Damage the stream's last chunk, so the earlier ones reach the command.
+	tree, err := r.ReadTree(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := tree.Streams[0].Chunks
+	ref, _ := r.lookup(ids[len(ids)-1])
+	rc, err := s.Get(ctx, packKey(ref.Pack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack, _ := io.ReadAll(rc)
+	rc.Close()
+	pack[ref.Offset+10] ^= 0xff
+	if err := s.Put(ctx, packKey(ref.Pack), bytes.NewReader(pack), int64(len(pack))); err != nil {
+		t.Fatal(err)
+	}
+	done := filepath.Join(t.TempDir(), "applied")
+	_, err = r.Restore(ctx, RestoreRequest{Snapshot: m.ID, Streams: map[string]StreamSink{"db": {Command: []string{"sh", "-c", "cat > /dev/null && touch " + done}}}})
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("restore of a damaged stream: %v, want ErrCorrupt", err)
+	}
+	if _, err := os.Stat(done); err == nil {
+		t.Fatal("the restore command saw a clean end of its input and finished")
+	}
 }
