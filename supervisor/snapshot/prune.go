@@ -84,9 +84,10 @@ func Prune(ctx context.Context, r *Repository, policy KeepPolicy, opts PruneOpti
 		grace = 0
 	}
 	res := &PruneResult{DryRun: opts.DryRun}
+	var h *lease
 	if !opts.DryRun {
-		h, err := r.pruneLease(ctx)
-		if err != nil {
+		var err error
+		if h, err = r.pruneLease(ctx); err != nil {
 			return nil, err
 		}
 		// Releasing is all that is left to do when ctx is cancelled (a
@@ -232,6 +233,13 @@ func Prune(ctx context.Context, r *Repository, policy KeepPolicy, opts PruneOpti
 		return res, nil
 	}
 
+	// A prune whose lease lapsed (a partition longer than its ttl) may
+	// have been taken for dead: backups may have started meanwhile and
+	// reuse chunks it decided to delete. It deletes nothing then.
+	if err := h.check(); err != nil {
+		return nil, fmt.Errorf("prune: %w (nothing was deleted)", err)
+	}
+
 	// 4. Forget: manifests first, so a crash later never leaves a listed
 	// snapshot whose chunks were deleted.
 	for _, m := range forget {
@@ -252,6 +260,9 @@ func Prune(ctx context.Context, r *Repository, policy KeepPolicy, opts PruneOpti
 	}
 	if err := r.noNewSnapshots(ctx, snaps); err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
+	}
+	if err := h.check(); err != nil {
+		return nil, fmt.Errorf("prune: %w (snapshots were forgotten, no data was deleted)", err)
 	}
 	if rewrite {
 		for key := range indexes {
