@@ -3,7 +3,6 @@ package config
 import (
 	"fmt"
 	"net"
-	"net/url"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/lifeboat/lifeboat/supervisor/storage"
 	"github.com/lifeboat/lifeboat/supervisor/trigger"
 	"golang.org/x/sys/unix"
 )
@@ -256,14 +256,9 @@ func (v *validator) validate(c *Config) {
 
 func (v *validator) store(s *Store) {
 	p := []string{"store", "url"}
-	u, err := url.Parse(s.URL)
+	u, err := storage.ParseURL(s.URL)
 	switch {
 	case err != nil:
-		// Only the reason: *url.Error repeats the whole URL, and its
-		// user:password@ part would end up in logs.
-		if ue, ok := err.(*url.Error); ok {
-			err = ue.Err
-		}
 		v.fail(p, "not a URL: %v", err)
 	case u.Scheme == "file":
 		if u.Host != "" && u.Host != "localhost" {

@@ -36,13 +36,8 @@ type Options struct {
 //	file:///ABS/PATH
 //	s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R&insecure=true&path_style=true
 func Open(ctx context.Context, rawURL string, opts Options) (Store, error) {
-	u, err := url.Parse(rawURL)
+	u, err := ParseURL(rawURL)
 	if err != nil {
-		// *url.Error repeats the whole URL, user:password@ included.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
 		return nil, fmt.Errorf("store URL: %w", err)
 	}
 	switch u.Scheme {
@@ -73,4 +68,34 @@ func checkKey(key string) error {
 		return fmt.Errorf("invalid object key %q", key)
 	}
 	return nil
+}
+
+// ParseURL parses a store URL. Its error never holds a piece of the
+// credentials: *url.Error repeats the whole URL, and the parser's own
+// reason can quote part of an unescaped user:password@ (a secret key with
+// a "/" is read as a port). The reason given is that of the URL with its
+// credentials replaced.
+func ParseURL(rawURL string) (*url.URL, error) {
+	u, err := url.Parse(rawURL)
+	if err == nil {
+		return u, nil
+	}
+	if scheme, rest, ok := strings.Cut(rawURL, "://"); ok {
+		head, _, _ := strings.Cut(rest, "?")
+		if i := strings.LastIndex(head, "@"); i >= 0 {
+			if _, err := url.Parse(scheme + "://user:xxxxx@" + rest[i+1:]); err != nil {
+				return nil, unwrapURLError(err)
+			}
+			return nil, errors.New("the credentials in it are not URL-escaped (/ as %2F, + as %2B, @ as %40)")
+		}
+	}
+	return nil, unwrapURLError(err)
+}
+
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }

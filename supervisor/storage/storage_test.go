@@ -323,6 +323,9 @@ func TestBadStoreURLs(t *testing.T) {
 		"s3://b/p?endpont=x":         `unknown parameter "endpont"`,
 		"file://relative-looking/x":  "a file URL has no host",
 		"s3://AKIA:hunter2@b:nope/p": `invalid port ":nope"`,
+		// An unescaped "/" in the secret: the parser would quote
+		// ":hunter2" as a port.
+		"s3://AKIA:hunter2/xyz@host/b": "credentials in it are not URL-escaped",
 	} {
 		_, err := storage.Open(ctx, url, storage.Options{})
 		if err == nil || !strings.Contains(err.Error(), want) {
