@@ -70,14 +70,15 @@ func (c *Config) Summary(w io.Writer) {
 	p("log:           format=%s level=%s", c.Log.Format, c.Log.Level)
 }
 
-// RedactURL hides any user info and secret-looking query values in a store URL.
+// RedactURL hides the password of a URL's user info and secret-looking
+// query values (key, secret, token, password): store URLs, HTTP checks.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparseable URL)"
 	}
-	if u.User != nil {
-		u.User = url.User(redacted)
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
 	}
 	q := u.Query()
 	for k := range q {

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lifeboat/lifeboat/supervisor/config"
 )
 
 // Check results, as Consul names them.
@@ -137,7 +139,7 @@ func newChecker(c Check, address string, port int, starter Starter) (*checker, e
 		}
 		u, err := url.Parse(target)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("service check http %q: want a URL like http://127.0.0.1:8080/health or a path like /health", redactURL(c.HTTP))
+			return nil, fmt.Errorf("service check http %q: want a URL like http://127.0.0.1:8080/health or a path like /health", config.RedactURL(c.HTTP))
 		}
 		ch.httpURL = target
 		// Each check is one fresh connection: a pooled one would hide a
@@ -173,7 +175,7 @@ func (ch *checker) target() string {
 	case KindCommand:
 		return ch.check.Command[0]
 	case KindHTTP:
-		return redactURL(ch.httpURL)
+		return config.RedactURL(ch.httpURL)
 	case KindTCP:
 		return ch.tcpAddr
 	}
@@ -199,7 +201,7 @@ func (ch *checker) run(ctx context.Context, env []string) Result {
 }
 
 func (ch *checker) runHTTP(ctx context.Context) (string, string) {
-	target := redactURL(ch.httpURL)
+	target := config.RedactURL(ch.httpURL)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ch.httpURL, nil)
 	if err != nil {
 		return StateCritical, fmt.Sprintf("HTTP GET %s: %v", target, err)
@@ -310,15 +312,6 @@ func (ch *checker) runCommand(ctx context.Context, env []string) (string, string
 		text = fmt.Sprintf("check %s exited with status %d", argv[0], e.code)
 	}
 	return StateCritical, text
-}
-
-// redactURL hides a password in a URL's user info.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }
 
 // stripURLError drops the URL that *url.Error repeats (it may carry a

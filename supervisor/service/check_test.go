@@ -133,6 +133,7 @@ func TestCheckTargets(t *testing.T) {
 		{Check{HTTP: "/health"}, "", 8080, "http://127.0.0.1:8080/health"},
 		{Check{HTTP: "/health"}, "10.0.0.5", 8080, "http://10.0.0.5:8080/health"},
 		{Check{HTTP: "https://u:pw@db:8443/h"}, "", 0, "https://u:xxxxx@db:8443/h"},
+		{Check{HTTP: "/h?token=sekrit&verbose=1"}, "", 80, "http://127.0.0.1:80/h?token=%28redacted%29&verbose=1"},
 		{Check{TCP: ":3306"}, "", 0, "127.0.0.1:3306"},
 		{Check{TCP: ":3306"}, "10.0.0.5", 0, "10.0.0.5:3306"},
 		{Check{TCP: "db:3306"}, "10.0.0.5", 0, "db:3306"},
