@@ -54,7 +54,8 @@ func FormatMetadata(md map[string]string) ([]byte, error) {
 
 // readMetadata reads the file a hook wrote. The hook's user may replace
 // it in the shared temp dir, and lifeboat reads it as root: a symlink (to
-// /etc/shadow, say) or a FIFO in its place is refused, not followed.
+// /etc/shadow, say), a hard link to another file or a FIFO in its place is
+// refused, not read.
 func readMetadata(path string) (map[string]string, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -64,8 +65,12 @@ func readMetadata(path string) (map[string]string, error) {
 		return nil, fmt.Errorf("metadata file %s: %w (it must be a regular file)", path, err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("metadata file %s: not a regular file", path)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink != 1 {
+		return nil, fmt.Errorf("metadata file %s: has %d names (a hard link to another file?); it must be the file lifeboat made", path, st.Nlink)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, MaxMetadataBytes+1))
 	if err != nil {

@@ -110,6 +110,16 @@ func TestReadMetadataRefusesLinksAndFIFOs(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("reading a FIFO blocked")
 	}
+	// A hard link to a file of root's: the hook's user may make one where
+	// protected_hardlinks is off.
+	hard := filepath.Join(dir, "hard")
+	os.WriteFile(secret, []byte("password=hunter2\nnot metadata hunter2\n"), 0o600)
+	if err := os.Link(secret, hard); err != nil {
+		t.Fatal(err)
+	}
+	if md, err := readMetadata(hard); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("hard link read: %v %v", md, err)
+	}
 	regular := filepath.Join(dir, "regular")
 	os.WriteFile(regular, []byte("gtid=0-1-42\n"), 0o600)
 	if md, err := readMetadata(regular); err != nil || md["gtid"] != "0-1-42" {
