@@ -542,11 +542,7 @@ func (s *Supervisor) takeSnapshot(ctx context.Context, batch trigger.Batch, reas
 		token = s.data.fencingToken()
 	}
 	t0 := time.Now()
-	// lost+found belongs to the volume, not the app: a restore keeps the
-	// target's own and would collide with one from the snapshot. (The
-	// pattern also matches deeper lost+found dirs; apps do not make those.)
-	exclude := append([]string{"lost+found"}, s.cfg.Data.Exclude...)
-	m, err := s.data.repo.Backup(ctx, snapshot.BackupRequest{Dir: s.cfg.Data.Path, Exclude: exclude,
+	m, err := s.data.repo.Backup(ctx, snapshot.BackupRequest{Dir: s.cfg.Data.Path, Exclude: s.cfg.Data.Exclude,
 		Streams: streams, Tags: b.Tags, Reason: reason, Host: host, Meta: meta, FencingToken: token})
 	if err != nil {
 		return nil, err

@@ -403,8 +403,15 @@ func (s *session) backupDir(ctx context.Context, req BackupRequest, parent func(
 		}
 		rel, _ := filepath.Rel(root, p)
 		rel = filepath.ToSlash(rel)
-		if rel == RestoringMarker || rel == RestoredMarker {
+		switch rel {
+		case RestoringMarker, RestoredMarker:
 			return nil
+		case "lost+found":
+			// The volume's, not the app's: a restore keeps the target's
+			// own and would collide with one from the snapshot.
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
 		}
 		if rel != "." && excluded(rel, req.Exclude) {
 			if d.IsDir() {

@@ -556,3 +556,31 @@ func TestKeyedHasherPool(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestLostFoundStaysWithTheVolume: a volume root's lost+found is not
+// backed up, and a restore into another volume root (with its own) works,
+// whoever took the backup (lifeboat run or the backup command).
+func TestLostFoundStaysWithTheVolume(t *testing.T) {
+	ctx := context.Background()
+	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	r := openRepo(t, s, nil)
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "lost+found"), 0o700)
+	os.WriteFile(filepath.Join(src, "lost+found", "#1234"), []byte("orphan"), 0o600)
+	os.WriteFile(filepath.Join(src, "data"), []byte("app data"), 0o600)
+	m, err := r.Backup(ctx, BackupRequest{Dir: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	os.Mkdir(filepath.Join(dst, "lost+found"), 0o700)
+	if _, err := r.Restore(ctx, RestoreRequest{Snapshot: m.ID, Target: dst}); err != nil {
+		t.Fatalf("restore into a volume root: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "data")); string(b) != "app data" {
+		t.Fatalf("data not restored: %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "lost+found", "#1234")); err == nil {
+		t.Fatal("the source volume's lost+found was restored")
+	}
+}
