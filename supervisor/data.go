@@ -150,11 +150,15 @@ func (s *Supervisor) dataEnabled() bool {
 // be reached: an object store restarting beside the app must not make the
 // container crash-loop. Config mistakes and a wrong key fail at once.
 func (s *Supervisor) openData(ctx context.Context) error {
+	key, err := EncryptionKey(s.cfg.Store)
+	if err != nil {
+		return usageError{err}
+	}
 	ctx, cancel := context.WithTimeout(ctx, storeOpenTimeout)
 	defer cancel()
 	backoff := storeRetryInitial
 	for {
-		err := s.openDataOnce(ctx)
+		err := s.openDataOnce(ctx, key)
 		if err == nil || !retryableOpen(err) {
 			return err
 		}
@@ -177,25 +181,27 @@ func (s *Supervisor) openData(ctx context.Context) error {
 // will not go away by waiting.
 func retryableOpen(err error) bool {
 	var ue usageError
-	return !errors.As(err, &ue) && !errors.Is(err, snapshot.ErrWrongKey) && !errors.Is(err, snapshot.ErrCorrupt)
+	return !errors.As(err, &ue) && !errors.Is(err, snapshot.ErrCorrupt)
 }
 
-func (s *Supervisor) openDataOnce(ctx context.Context) error {
+func (s *Supervisor) openDataOnce(ctx context.Context, key []byte) error {
 	st := s.cfg.Store
 	store, err := storage.Open(ctx, st.URL, StoreOptions(st))
+	if storage.IsConfigError(err) {
+		return usageError{fmt.Errorf("open store %s: %w", config.RedactURL(st.URL), err)}
+	}
 	if err != nil {
 		return fmt.Errorf("open store %s: %w", config.RedactURL(st.URL), err)
-	}
-	key, err := EncryptionKey(st)
-	if err != nil {
-		store.Close()
-		return usageError{err}
 	}
 	repo, err := snapshot.Open(ctx, store, snapshot.Options{Key: key, Create: true, Logger: s.log,
 		Starter: process.CodeStarter{Reaper: s.reaper}, Concurrency: DefaultTransferConcurrency})
 	if err != nil {
 		store.Close()
-		return fmt.Errorf("open repository in %s: %w", config.RedactURL(st.URL), err)
+		err = fmt.Errorf("open repository in %s: %w", config.RedactURL(st.URL), err)
+		if errors.Is(err, snapshot.ErrWrongKey) {
+			return usageError{err} // the key in the settings, not the store
+		}
+		return err
 	}
 	s.mu.Lock()
 	s.data.store, s.data.repo = store, repo

@@ -997,3 +997,22 @@ func TestStoreDownAtStart(t *testing.T) {
 		t.Fatalf("restore after the store came back differs:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+// TestKeyMismatchFailsAtOnce: an encryption key for an unencrypted
+// repository is a mistake in the settings: exit 2 at once, not two minutes
+// of retries as if the store were down.
+func TestKeyMismatchFailsAtOnce(t *testing.T) {
+	r := newDataRig(t, false)
+	cfg := r.config(t, "exec sleep 600", "", "")
+	c := r.start(t, cfg)
+	r.waitRunning(t, c)
+	c.kill()
+	r.env = append(r.env, "LIFEBOAT_ENCRYPTION_KEY=not-for-this-repo")
+	c2 := r.start(t, cfg)
+	if code := c2.wait(t, 20*time.Second); code != 2 {
+		t.Fatalf("exit %d, want 2:\n%s", code, c2.out.String())
+	}
+	if out := c2.out.String(); strings.Contains(out, "retrying") || !strings.Contains(out, "not encrypted") {
+		t.Errorf("want an immediate error naming the mismatch:\n%s", out)
+	}
+}

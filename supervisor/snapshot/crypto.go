@@ -19,6 +19,13 @@ import (
 // ErrWrongKey means the repository is encrypted with another key.
 var ErrWrongKey = errors.New("wrong encryption key for this repository")
 
+// keyMismatch is a key given for an unencrypted repository, or none for an
+// encrypted one; errors.Is(err, ErrWrongKey) holds for it too, as for a
+// wrong key: a mistake in the settings, not a store to wait for.
+type keyMismatch struct{ error }
+
+func (keyMismatch) Is(target error) bool { return target == ErrWrongKey }
+
 // ErrCorrupt means stored bytes failed authentication or a checksum.
 var ErrCorrupt = errors.New("corrupt or tampered data")
 

@@ -212,11 +212,11 @@ func (r *Repository) unlock(key []byte) error {
 	enc := r.cfg.Encryption
 	switch {
 	case enc == nil && key != nil:
-		return fmt.Errorf("repository %s is not encrypted, but an encryption key was given; remove the key or use a new store", r.store)
+		return keyMismatch{fmt.Errorf("repository %s is not encrypted, but an encryption key was given; remove the key or use a new store", r.store)}
 	case enc == nil:
 		return nil
 	case key == nil:
-		return fmt.Errorf("repository %s is encrypted: give its key (store.encryption_key or LIFEBOAT_ENCRYPTION_KEY)", r.store)
+		return keyMismatch{fmt.Errorf("repository %s is encrypted: give its key (store.encryption_key or LIFEBOAT_ENCRYPTION_KEY)", r.store)}
 	}
 	k, err := deriveKeys(key, &enc.KDF)
 	if err != nil {

@@ -38,20 +38,33 @@ type Options struct {
 func Open(ctx context.Context, rawURL string, opts Options) (Store, error) {
 	u, err := ParseURL(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("store URL: %w", err)
+		return nil, configError{fmt.Errorf("store URL: %w", err)}
 	}
 	switch u.Scheme {
 	case "file":
 		if u.Host != "" && u.Host != "localhost" {
-			return nil, fmt.Errorf("store URL %q: a file URL has no host; write file:///abs/path", u.Redacted())
+			return nil, configError{fmt.Errorf("store URL %q: a file URL has no host; write file:///abs/path", u.Redacted())}
 		}
 		return OpenFile(u.Path)
 	case "s3":
 		return openS3(ctx, u, opts)
 	case "":
-		return nil, fmt.Errorf("store URL %q has no scheme; use s3://BUCKET/PREFIX or file:///ABS/PATH", u.Redacted())
+		return nil, configError{fmt.Errorf("store URL %q has no scheme; use s3://BUCKET/PREFIX or file:///ABS/PATH", u.Redacted())}
 	}
-	return nil, fmt.Errorf("store URL %q: scheme %q is not supported; use s3:// or file://", u.Redacted(), u.Scheme)
+	return nil, configError{fmt.Errorf("store URL %q: scheme %q is not supported; use s3:// or file://", u.Redacted(), u.Scheme)}
+}
+
+// configError marks a mistake in the store's settings (URL, parameters,
+// CA bundle): no retry fixes it. Its text is the wrapped error's.
+type configError struct{ error }
+
+func (e configError) Unwrap() error { return e.error }
+
+// IsConfigError reports whether err is a mistake in the store's settings
+// rather than a store that cannot be reached.
+func IsConfigError(err error) bool {
+	var ce configError
+	return errors.As(err, &ce)
 }
 
 // checkKey rejects keys that could escape the store's location.

@@ -37,13 +37,13 @@ func openS3(ctx context.Context, u *url.URL, opts Options) (*S3, error) {
 	q := u.Query()
 	bucket := u.Host
 	if bucket == "" {
-		return nil, fmt.Errorf("store URL %q names no bucket: s3://BUCKET/PREFIX", u.Redacted())
+		return nil, configError{fmt.Errorf("store URL %q names no bucket: s3://BUCKET/PREFIX", u.Redacted())}
 	}
 	for k := range q {
 		switch k {
 		case "endpoint", "region", "insecure", "path_style", "ca_file":
 		default:
-			return nil, fmt.Errorf("store URL: unknown parameter %q (known: endpoint, region, insecure, path_style, ca_file)", k)
+			return nil, configError{fmt.Errorf("store URL: unknown parameter %q (known: endpoint, region, insecure, path_style, ca_file)", k)}
 		}
 	}
 	endpoint := q.Get("endpoint")
@@ -136,11 +136,11 @@ func openS3(ctx context.Context, u *url.URL, opts Options) (*S3, error) {
 func loadCA(path string) (*x509.CertPool, error) {
 	pem, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("cannot load the CA bundle %s (from store.ca_file or AWS_CA_BUNDLE): %w", path, err)
+		return nil, configError{fmt.Errorf("cannot load the CA bundle %s (from store.ca_file or AWS_CA_BUNDLE): %w", path, err)}
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("CA bundle %s holds no PEM certificates", path)
+		return nil, configError{fmt.Errorf("CA bundle %s holds no PEM certificates", path)}
 	}
 	return pool, nil
 }
