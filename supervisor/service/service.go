@@ -425,6 +425,10 @@ func (r *Registration) register(ctx context.Context) error {
 	tags := r.tagsLocked()
 	role := r.role
 	maint, reason := r.maint, r.maintReason
+	// Replacing the checks also deletes the agent's maintenance check: only
+	// when the agent holds checks of an earlier run (the first
+	// registration) or none of ours (it forgot the service).
+	replace := r.registrations == 0 || !r.registered
 	var last *Result
 	if r.last != nil {
 		l := *r.last
@@ -460,7 +464,7 @@ func (r *Registration) register(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithTimeout(ctx, r.opts.RequestTimeout)
 	defer cancel()
-	if err := r.opts.Client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(rctx)); err != nil {
+	if err := r.opts.Client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: replace}.WithContext(rctx)); err != nil {
 		r.mu.Lock()
 		r.dirty = true
 		r.mu.Unlock()

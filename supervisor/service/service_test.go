@@ -364,6 +364,45 @@ func TestService(t *testing.T) {
 		}
 	})
 
+	t.Run("MaintenanceSurvivesRoleChanges", func(t *testing.T) {
+		r := start(t, service.Options{Client: cl, Name: "maintroles", ID: "maintroles", PrimaryTag: "rw", ReplicaTag: "ro"})
+		waitFor(t, "registered", tagsAre(cl, "maintroles"))
+		if err := r.SetMaintenance(context.Background(), true, "draining"); err != nil {
+			t.Fatal(err)
+		}
+		checkIs(t, cl, "_service_maintenance:maintroles", api.HealthCritical, "")
+		// Watch the agent while the role flips: the instance must never be
+		// routable, not even between a re-registration and its maintenance.
+		stop := make(chan struct{})
+		gaps := make(chan int, 1)
+		go func() {
+			n := 0
+			for {
+				select {
+				case <-stop:
+					gaps <- n
+					return
+				default:
+				}
+				if checks, err := cl.Agent().Checks(); err == nil {
+					if _, ok := checks["_service_maintenance:maintroles"]; !ok {
+						n++
+					}
+				}
+			}
+		}()
+		for i := 0; i < 10; i++ {
+			r.SetRole("primary")
+			waitFor(t, "primary tag", tagsAre(cl, "maintroles", "rw"))
+			r.SetRole("replica")
+			waitFor(t, "replica tag", tagsAre(cl, "maintroles", "ro"))
+		}
+		close(stop)
+		if n := <-gaps; n > 0 {
+			t.Errorf("the maintenance check was missing %d times while the role changed", n)
+		}
+	})
+
 	t.Run("DeregisteredOnClose", func(t *testing.T) {
 		r, err := service.New(service.Options{Client: cl, Name: "gone", ID: "gone",
 			Check: &service.Check{TCP: c.HTTPAddr, Interval: tick}})
