@@ -43,11 +43,17 @@ func (c *Client) login(ctx context.Context) error {
 		c.api.SetToken(sec.Auth.ClientToken)
 	}
 	c.mu.Lock()
-	c.auth = sec
-	if c.relogin != nil {
-		close(c.relogin)
+	// Secrets leased under the old token are read again only when the
+	// token changed: the token method re-reads the same token file on
+	// every re-auth, and new leases then would be new credentials for
+	// nothing.
+	if c.auth == nil || c.auth.Auth.ClientToken != sec.Auth.ClientToken {
+		if c.relogin != nil {
+			close(c.relogin)
+		}
+		c.relogin = make(chan struct{})
 	}
-	c.relogin = make(chan struct{})
+	c.auth = sec
 	c.status.Logins++
 	c.status.LoggedInAt = time.Now()
 	c.status.TokenExpiry = time.Time{}
