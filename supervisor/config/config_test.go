@@ -215,3 +215,20 @@ func TestUnsupportedBlockRejected(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestPathStyleLeftToTheURL: without store.path_style the store URL's
+// path_style parameter (or the endpoint kind) decides; a default here
+// would override ?path_style=false.
+func TestPathStyleLeftToTheURL(t *testing.T) {
+	c, err := Parse("p.hcl", []byte(`store { url = "s3://b/p?endpoint=s3.example.com&path_style=false" }`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Store.PathStyle != nil {
+		t.Fatalf("store.path_style defaulted to %v, overriding the URL", *c.Store.PathStyle)
+	}
+	c, err = Parse("p.hcl", []byte("store {\n  url = \"s3://b/p?endpoint=x\"\n  path_style = false\n}\n"))
+	if err != nil || c.Store.PathStyle == nil || *c.Store.PathStyle {
+		t.Fatalf("store.path_style = false: %v %v", c.Store.PathStyle, err)
+	}
+}

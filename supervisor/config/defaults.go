@@ -66,7 +66,6 @@ func applyDefaults(c *Config) {
 		c.Store = &Store{}
 	}
 	setStr(&c.Store.URL, DefaultStoreURL)
-	setBool(&c.Store.PathStyle, true)
 	setBool(&c.Store.CreateBucket, true)
 
 	if c.Backup == nil {
