@@ -100,7 +100,7 @@ func New(opts Options) *Supervisor {
 		started:    time.Now(),
 	}
 	s.registry = metrics.NewRegistry()
-	m, err := metrics.NewSupervisor(s.registry, metrics.BuildInfo{Version: opts.Version})
+	m, err := metrics.NewSupervisor(s.registry, metrics.BuildInfo{Version: opts.Version, Revision: metrics.VCSRevision()})
 	if err != nil {
 		s.log.Warn("supervisor metrics unavailable", "error", err)
 	}

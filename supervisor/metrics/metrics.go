@@ -7,6 +7,7 @@ package metrics
 
 import (
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -33,6 +34,19 @@ func NewRegistry() *prometheus.Registry {
 type BuildInfo struct {
 	Version  string // "0.1.0" or "dev"
 	Revision string // VCS revision, may be empty
+}
+
+// VCSRevision is the commit the binary was built from, as the go command
+// stamped it (empty outside a checkout or with -buildvcs=false).
+func VCSRevision() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, st := range bi.Settings {
+			if st.Key == "vcs.revision" {
+				return st.Value
+			}
+		}
+	}
+	return ""
 }
 
 // Supervisor is the set of supervisor-level metrics. Its methods are safe
