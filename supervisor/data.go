@@ -586,6 +586,9 @@ func (s *Supervisor) shutdownData(exit process.Exit, startErr error) {
 	if watch != nil {
 		watch.Stop()
 	}
+	// No prune from here on: one the final backup started would only
+	// take its exclusive lease and be cancelled, before the handover.
+	s.data.retention.stop()
 	b := s.cfg.Backup
 	timeout := config.Dur(b.FinalTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -619,7 +622,6 @@ func (s *Supervisor) shutdownData(exit process.Exit, startErr error) {
 			if errors.Is(err, errFinalAbandoned) {
 				// The abandoned backup may still hold the store.
 				s.data.backupCancel()
-				s.data.retention.stop()
 				return
 			}
 		} else {
@@ -628,7 +630,6 @@ func (s *Supervisor) shutdownData(exit process.Exit, startErr error) {
 		}
 	}
 	s.data.backupCancel()
-	s.data.retention.stop()
 	s.closeData()
 }
 
