@@ -273,31 +273,30 @@ func (r *Repository) Backup(ctx context.Context, req BackupRequest) (*Manifest, 
 	parent := sync.OnceValue(func() parentTree { return <-parentCh })
 	s.packer = newPacker(ctx, r)
 	tree := &Tree{Version: 1}
+	// abort stops the uploads and the progress display; nothing is
+	// committed (uploaded packs become garbage for prune).
+	abort := func(err error) (*Manifest, error) {
+		cancel()
+		s.packer.finish()
+		s.prog.finish()
+		return nil, err
+	}
 
 	if req.Dir != "" {
 		if err := s.backupDir(ctx, req, parent, tree); err != nil {
-			cancel()
-			s.packer.finish()
-			s.prog.finish()
-			return nil, err
+			return abort(err)
 		}
 	}
 	p := parent()
 	if p.err != nil {
-		cancel()
-		s.packer.finish()
-		s.prog.finish()
-		return nil, p.err
+		return abort(p.err)
 	}
 	m.Parent = p.id
 	w := &chunkWorker{s: s}
 	for _, src := range req.Streams {
 		st, err := s.backupStream(ctx, w, src)
 		if err != nil {
-			cancel()
-			s.packer.finish()
-			s.prog.finish()
-			return nil, fmt.Errorf("stream %s: %w", src.Name, err)
+			return abort(fmt.Errorf("stream %s: %w", src.Name, err))
 		}
 		tree.Streams = append(tree.Streams, st)
 		s.stats.Bytes += st.Size

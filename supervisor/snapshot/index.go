@@ -181,17 +181,6 @@ func (r *Repository) lookup(id ChunkID) (BlobRef, bool) {
 	return ref, ok
 }
 
-// IndexKeys lists the index objects loaded (for prune and verify).
-func (r *Repository) IndexKeys() []string {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	keys := make([]string, 0, len(r.indexes))
-	for k := range r.indexes {
-		keys = append(keys, k)
-	}
-	return keys
-}
-
 func packIDFromKey(key string) string {
 	return key[strings.LastIndex(key, "/")+1:]
 }

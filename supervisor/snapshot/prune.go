@@ -99,7 +99,7 @@ func Prune(ctx context.Context, r *Repository, policy KeepPolicy, opts PruneOpti
 
 	// 1. Every manifest must be readable: one we cannot read references
 	// chunks we cannot know, and deleting them would destroy it.
-	snaps, err := r.readAllManifests(ctx)
+	snaps, err := r.listManifests(ctx, true) // unlike Snapshots, an unreadable one is an error
 	if err != nil {
 		return nil, fmt.Errorf("prune: %w; run lifeboat verify, and remove or repair the object before pruning", err)
 	}
@@ -302,12 +302,6 @@ func Prune(ctx context.Context, r *Repository, policy KeepPolicy, opts PruneOpti
 func containsSorted(list []string, s string) bool {
 	i := sort.SearchStrings(list, s)
 	return i < len(list) && list[i] == s
-}
-
-// readAllManifests reads every manifest; unlike Snapshots, one that cannot
-// be read is an error.
-func (r *Repository) readAllManifests(ctx context.Context) ([]*Manifest, error) {
-	return r.listManifests(ctx, true)
 }
 
 // referencedChunks reads the trees of list and collects every chunk they
