@@ -75,7 +75,7 @@ func (s *session) backup(a backupArgs) error {
 	} else if !fi.IsDir() {
 		return usageErr("data path %s is not a directory", dir)
 	}
-	repo, err := s.openRepo(true)
+	repo, err := s.openRepo(snapshot.Options{Create: true})
 	if err != nil {
 		return err
 	}

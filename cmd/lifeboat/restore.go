@@ -58,7 +58,7 @@ type restoreArgs struct {
 }
 
 func (s *session) restore(a restoreArgs) error {
-	repo, err := s.openRepo(false)
+	repo, err := s.openRepo(snapshot.Options{})
 	if err != nil {
 		return err
 	}

@@ -97,7 +97,8 @@ func (f *repoFlags) withRepo(name string, fn func(s *session, repo *snapshot.Rep
 		return exitWith(name, err)
 	}
 	defer s.stop()
-	repo, err := s.openRepo(false)
+	// snapshots needs no index; verify and prune read it themselves.
+	repo, err := s.openRepo(snapshot.Options{SkipIndex: true})
 	if err != nil {
 		return exitWith(name, err)
 	}
@@ -154,10 +155,11 @@ func (f *repoFlags) load(data string) (*session, error) {
 	return &session{cfg: cfg, log: log, ctx: ctx, stop: stop}, nil
 }
 
-// openRepo opens the store and the repository in it. create makes a new
-// repository when the store holds none (backup does; the others must not
-// invent an empty repository where the user mistyped a URL).
-func (s *session) openRepo(create bool) (*snapshot.Repository, error) {
+// openRepo opens the store and the repository in it. opts.Create makes a
+// new repository when the store holds none (backup does; the others must
+// not invent an empty repository where the user mistyped a URL);
+// opts.SkipIndex leaves its index unloaded. Key and logger are filled in.
+func (s *session) openRepo(opts snapshot.Options) (*snapshot.Repository, error) {
 	// store.vault: log in to Vault (the vault block, or VAULT_TOKEN) and
 	// fill the store's credentials and key from it, as lifeboat run does.
 	if err := supervisor.ResolveStoreVault(s.ctx, s.cfg, s.log); err != nil {
@@ -173,9 +175,14 @@ func (s *session) openRepo(create bool) (*snapshot.Repository, error) {
 	}
 	store, err := storage.Open(s.ctx, st.URL, supervisor.StoreOptions(st))
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", config.RedactURL(st.URL), err)
+		err = fmt.Errorf("open store %s: %w", config.RedactURL(st.URL), err)
+		if storage.IsConfigError(err) {
+			return nil, &cliError{exitUsage, err}
+		}
+		return nil, err
 	}
-	repo, err := snapshot.Open(s.ctx, store, snapshot.Options{Key: key, Create: create, Logger: s.log})
+	opts.Key, opts.Logger = key, s.log
+	repo, err := snapshot.Open(s.ctx, store, opts)
 	if err != nil {
 		store.Close()
 		if errors.Is(err, snapshot.ErrNoRepository) {

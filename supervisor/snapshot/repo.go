@@ -128,6 +128,10 @@ type Options struct {
 	Starter Starter
 	// Concurrency bounds parallel uploads and downloads; 0 means 8.
 	Concurrency int
+	// SkipIndex leaves the index unloaded: for callers that need none
+	// (listing snapshots) or read the index objects themselves (prune,
+	// verify). Backup and restore need it.
+	SkipIndex bool
 }
 
 // Repository is an open repository.
@@ -189,7 +193,9 @@ func Open(ctx context.Context, store storage.Store, opts Options) (*Repository, 
 	done := make(chan error, 1)
 	go func() { done <- r.unlock(opts.Key) }()
 	unlocked := sync.OnceValue(func() error { return <-done })
-	err = r.loadIndex(ctx, unlocked)
+	if !opts.SkipIndex {
+		err = r.loadIndex(ctx, unlocked)
+	}
 	if uerr := unlocked(); uerr != nil {
 		return nil, uerr
 	}
