@@ -457,7 +457,7 @@ func (s *Supervisor) triggerBackup(source, reason string) *trigger.Waiter {
 func (s *Supervisor) notifyBackup(ctx context.Context, req control.NotifyRequest) (control.NotifyResponse, error) {
 	resp := control.NotifyResponse{Event: "backup"}
 	s.mu.Lock()
-	enabled, loop := s.data.enabled, s.data.loop
+	enabled, loop, phase := s.data.enabled, s.data.loop, s.phase
 	s.mu.Unlock()
 	if !enabled {
 		return resp, errNoBackups
@@ -466,7 +466,7 @@ func (s *Supervisor) notifyBackup(ctx context.Context, req control.NotifyRequest
 		return resp, fmt.Errorf("%w: backup.notify = false in the config", control.ErrRejected)
 	}
 	if loop == nil {
-		return resp, fmt.Errorf("%w: the app is not running yet (phase %s); backups start with it", control.ErrUnavailable, s.Status().Phase)
+		return resp, fmt.Errorf("%w: the app is not running yet (phase %s); backups start with it", control.ErrUnavailable, phase)
 	}
 	if !s.backupAllowed() {
 		return resp, errNotLeader

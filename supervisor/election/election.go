@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/lifeboat/lifeboat/hooks"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -78,11 +79,11 @@ const (
 
 // Variables each hook gets (besides what the hook runner adds).
 const (
-	VarPhase        = "LIFEBOAT_PHASE"           // "election"
-	VarRole         = "LIFEBOAT_ROLE"            // the role the node has after the transition
-	VarLeader       = "LIFEBOAT_LEADER"          // the leader's advertised host:port
+	VarPhase        = hooks.VarPhase             // "election"
+	VarRole         = hooks.VarRole              // the role the node has after the transition
+	VarLeader       = hooks.VarLeader            // the leader's advertised host:port
 	VarLeaderNode   = "LIFEBOAT_LEADER_NODE"     // the leader's node id
-	VarFencingToken = "LIFEBOAT_FENCING_TOKEN"   // the term's fencing token
+	VarFencingToken = hooks.VarFencingToken      // the term's fencing token
 	VarNode         = "LIFEBOAT_NODE"            // this node's id
 	VarPrevLeader   = "LIFEBOAT_PREVIOUS_LEADER" // on_follower: the leader before, "" at first
 )

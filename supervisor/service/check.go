@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lifeboat/lifeboat/hooks"
 	"github.com/lifeboat/lifeboat/supervisor/config"
 )
 
@@ -49,9 +50,7 @@ const (
 // is PID 1 nothing else may call wait4). process.CodeStarter satisfies it.
 // cmd's stdio is *os.File or nil; wait returns the exit code (128+N for
 // signal N) and an error for a non-zero exit.
-type Starter interface {
-	Start(cmd *exec.Cmd) (wait func() (int, error), err error)
-}
+type Starter = hooks.Starter
 
 // Check is the health check lifeboat runs itself and reports to Consul as
 // a TTL check. Exactly one of Command, HTTP and TCP is set.
