@@ -71,7 +71,7 @@ func TestWatchBlocksAndRecovers(t *testing.T) {
 	var mu sync.Mutex
 	var values []string
 	var errs int
-	queries := 0
+	queries, deliveredAt := 0, 0 // deliveredAt: the query count when the last value arrived
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -86,7 +86,7 @@ func TestWatchBlocksAndRecovers(t *testing.T) {
 			}
 			return string(p.Value), meta, err
 		}, consul.WatchOptions{RetryInitial: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond},
-			func(v any) { mu.Lock(); values = append(values, v.(string)); mu.Unlock() },
+			func(v any) { mu.Lock(); values = append(values, v.(string)); deliveredAt = queries; mu.Unlock() },
 			func(error) { mu.Lock(); errs++; mu.Unlock() })
 	}()
 	defer func() { cancel(); <-done }()
@@ -115,7 +115,9 @@ func TestWatchBlocksAndRecovers(t *testing.T) {
 	if d := time.Since(t0); d > time.Second {
 		t.Errorf("change seen after %s", d)
 	}
-	// Blocking, not polling: a quiet second costs no queries.
+	// Blocking, not polling: a quiet second costs no queries. The watch
+	// sends its next query after delivering "2"; count from there.
+	wait("the next query", func() bool { mu.Lock(); defer mu.Unlock(); return queries > deliveredAt })
 	_, _, q0 := last()
 	time.Sleep(time.Second) // measuring idleness, not waiting for a condition
 	if _, _, q1 := last(); q1 != q0 {
