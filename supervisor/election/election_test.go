@@ -375,16 +375,76 @@ func TestReleaseHandsOverAtOnce(t *testing.T) {
 	}
 	// The session and check are gone from Consul.
 	cl := consulClient(t, c.HTTPAddr)
+	if ids := electionChecks(t, cl, old); len(ids) != 0 {
+		t.Fatalf("election checks %v still registered after Release", ids)
+	}
+	t.Logf("graceful handover took %s", d)
+}
+
+// electionChecks lists the agent's checks and services of n's election.
+func electionChecks(t *testing.T, cl *api.Client, n *node) []string {
+	t.Helper()
 	checks, err := cl.Agent().Checks()
 	if err != nil {
 		t.Fatal(err)
 	}
+	services, err := cl.Agent().Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
 	for id := range checks {
-		if strings.HasPrefix(id, old.e.checkPrefix()) {
-			t.Fatalf("check %s still registered after Release", id)
+		if strings.HasPrefix(id, n.e.servicePrefix()) {
+			ids = append(ids, "check "+id)
 		}
 	}
-	t.Logf("graceful handover took %s", d)
+	for id := range services {
+		if strings.HasPrefix(id, n.e.servicePrefix()) {
+			ids = append(ids, "service "+id)
+		}
+	}
+	return ids
+}
+
+// The election's check hangs on a service of its own: when a node dies
+// and its check goes critical, other services on the same agent stay
+// healthy, and the agent removes the dead node's check after reapAfter.
+func TestDeadElectorLeavesOtherServicesHealthy(t *testing.T) {
+	t.Parallel()
+	c := testrig.StartConsul(t)
+	cl := consulClient(t, c.HTTPAddr)
+	if err := cl.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web-1", Name: "web",
+		Check: &api.AgentServiceCheck{TTL: "10m", Status: api.HealthPassing}}); err != nil {
+		t.Fatal(err)
+	}
+	n1 := startNode(t, c.HTTPAddr, "n1", nil, nil)
+	waitFor(t, 10*time.Second, "n1 leads", func() bool { return n1.e.IsLeader() })
+	n1.stop() // as a crash: nothing given up
+	waitFor(t, 2*DefaultTTL, "n1's election check critical", func() bool {
+		checks, err := cl.Agent().Checks()
+		if err != nil {
+			return false
+		}
+		for id, ch := range checks {
+			if strings.HasPrefix(id, n1.e.servicePrefix()) && ch.Status == api.HealthCritical {
+				return true
+			}
+		}
+		return false
+	})
+	entries, _, err := cl.Health().Service("web", "", true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 {
+		t.Fatalf("web has %d passing instances while a dead elector's check is critical, want 1", len(entries))
+	}
+	// The agent reaps it: Consul's reaper runs every 30 s, and the agent
+	// reports no check's reap time, so this waits.
+	d := waitFor(t, reapAfter+time.Minute, "the agent to remove the dead elector's check", func() bool {
+		return len(electionChecks(t, cl, n1)) == 0
+	})
+	t.Logf("critical election check removed %s after it went critical", d)
 }
 
 // With the only agent frozen, the leader demotes itself after

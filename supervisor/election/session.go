@@ -3,6 +3,7 @@ package election
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -19,7 +20,7 @@ import (
 // depends on, and the heartbeat that keeps both alive.
 type session struct {
 	id      string
-	checkID string
+	checkID string // also the id of the check's service
 
 	lastOK   atomic.Int64 // unix nanos at which the last good heartbeat was sent
 	gone     chan struct{}
@@ -42,57 +43,83 @@ func (s *session) isGone() bool {
 	}
 }
 
-// checkPrefix starts the ids of the agent checks this node's sessions
-// depend on. Each session gets a fresh check (prefix + random suffix): an
-// agent restores the last state of a re-registered TTL check, and a
-// critical check left by a crashed run would refuse the new session.
-func (e *Elector) checkPrefix() string {
-	return "lifeboat-election:" + e.opts.Key + ":" + e.opts.NodeID + ":"
+// ServiceName is the Consul service under which every node's election
+// check is registered.
+const ServiceName = "lifeboat-election"
+
+// reapAfter is how long Consul keeps a critical election check (and its
+// service) of a run that died before the agent removes both; the check's
+// session is invalid from the moment it went critical. Consul's minimum.
+const reapAfter = time.Minute
+
+// servicePrefix starts the ids of the agent services (one per session)
+// whose TTL check this node's sessions depend on. The check hangs on a
+// service, not on the node: a critical node check would fail every
+// service on a shared agent until the same node ran again. Each session
+// gets a fresh service (prefix + random suffix): an agent restores the
+// last state of a re-registered TTL check, and a critical check left by a
+// crashed run would refuse the new session. The key (which holds "/", not
+// allowed in an id) is in the prefix as a hash, the node id as itself with
+// anything but letters, digits, '.', '-' and '_' replaced.
+func (e *Elector) servicePrefix() string {
+	node := strings.Map(func(r rune) rune {
+		if r == '.' || r == '-' || r == '_' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' {
+			return r
+		}
+		return '_'
+	}, e.opts.NodeID)
+	sum := sha256.Sum256([]byte(e.opts.Key))
+	return ServiceName + "-" + hex.EncodeToString(sum[:4]) + "-" + node + "-"
 }
 
-// dropStaleChecks deregisters checks an earlier run of this node left on
-// the agent. A node id is unique in the cluster, so their sessions belong
-// to runs that are dead: dropping the check frees a lock such a run still
-// held, after lock_delay, instead of after ttl.
-func (e *Elector) dropStaleChecks(ctx context.Context) error {
-	checks, err := e.client.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
+// dropStale deregisters the election services (and so their checks) an
+// earlier run of this node left on the agent. A node id is unique in the
+// cluster, so their sessions belong to runs that are dead: dropping the
+// check frees a lock such a run still held, after lock_delay, instead of
+// after ttl.
+func (e *Elector) dropStale(ctx context.Context) error {
+	services, err := e.client.Agent().ServicesWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return fmt.Errorf("list the Consul agent's checks: %w", err)
+		return fmt.Errorf("list the Consul agent's services: %w", err)
 	}
-	for id := range checks {
-		if strings.HasPrefix(id, e.checkPrefix()) {
-			if err := e.client.Agent().CheckDeregisterOpts(id, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-				return fmt.Errorf("deregister stale election check %q: %w", id, err)
+	for id := range services {
+		if strings.HasPrefix(id, e.servicePrefix()) {
+			if err := e.client.Agent().ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+				return fmt.Errorf("deregister stale election service %q: %w", id, err)
 			}
-			e.log.Info("election: removed a check left by an earlier run of this node", "check", id)
+			e.log.Info("election: removed a check left by an earlier run of this node", "service", id)
 		}
 	}
 	return nil
 }
 
-// openSession registers the TTL check (passing) and creates a session
-// bound to it alone, then starts the heartbeat.
+// openSession registers the service with its TTL check (passing) and
+// creates a session bound to that check alone, then starts the heartbeat.
 func (e *Elector) openSession(ctx context.Context) (*session, error) {
 	t0 := time.Now()
 	var rnd [6]byte
 	rand.Read(rnd[:])
-	checkID := e.checkPrefix() + hex.EncodeToString(rnd[:])
-	reg := &api.AgentCheckRegistration{
-		ID:    checkID,
-		Name:  "lifeboat election " + e.opts.NodeID,
-		Notes: "lifeboat refreshes this check with its election session; when it goes critical the session and its lock are released",
-		AgentServiceCheck: api.AgentServiceCheck{
-			TTL:    e.opts.TTL.String(),
-			Status: api.HealthPassing,
+	serviceID := e.servicePrefix() + hex.EncodeToString(rnd[:])
+	reg := &api.AgentServiceRegistration{
+		ID:   serviceID,
+		Name: ServiceName,
+		Meta: map[string]string{"key": e.opts.Key, "node": e.opts.NodeID},
+		Check: &api.AgentServiceCheck{
+			CheckID:                        serviceID,
+			Name:                           "lifeboat election " + e.opts.NodeID,
+			Notes:                          "lifeboat refreshes this check with its election session; when it goes critical the session and its lock are released",
+			TTL:                            e.opts.TTL.String(),
+			Status:                         api.HealthPassing,
+			DeregisterCriticalServiceAfter: reapAfter.String(),
 		},
 	}
 	cctx, cancel := context.WithTimeout(ctx, e.requestTimeout())
 	defer cancel()
-	if err := e.dropStaleChecks(cctx); err != nil {
+	if err := e.dropStale(cctx); err != nil {
 		return nil, err
 	}
-	if err := e.client.Agent().CheckRegisterOpts(reg, (&api.QueryOptions{}).WithContext(cctx)); err != nil {
-		return nil, fmt.Errorf("register election check %q with the Consul agent: %w", checkID, err)
+	if err := e.client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(cctx)); err != nil {
+		return nil, fmt.Errorf("register election check %q with the Consul agent: %w", serviceID, err)
 	}
 	// consul/api's Session.Create cannot send a lock delay of 0 and
 	// CreateNoChecks cannot name a check, so the body is written here.
@@ -101,17 +128,19 @@ func (e *Elector) openSession(ctx context.Context) (*session, error) {
 		"TTL":           e.opts.TTL.String(),
 		"LockDelay":     fmt.Sprintf("%dms", e.opts.LockDelay.Milliseconds()),
 		"Behavior":      api.SessionBehaviorRelease,
-		"NodeChecks":    []string{checkID},
-		"ServiceChecks": []api.ServiceCheck{},
+		"NodeChecks":    []string{},
+		"ServiceChecks": []api.ServiceCheck{{ID: serviceID}},
 	}
 	var out struct{ ID string }
 	if _, err := e.client.Raw().Write("/v1/session/create", body, &out, (&api.WriteOptions{}).WithContext(cctx)); err != nil {
+		e.deregister(serviceID)
 		return nil, fmt.Errorf("create Consul session for election key %q: %w", e.opts.Key, err)
 	}
 	if out.ID == "" {
+		e.deregister(serviceID)
 		return nil, fmt.Errorf("create Consul session for election key %q: empty session id", e.opts.Key)
 	}
-	s := &session{id: out.ID, checkID: checkID, gone: make(chan struct{}), done: make(chan struct{})}
+	s := &session{id: out.ID, checkID: serviceID, gone: make(chan struct{}), done: make(chan struct{})}
 	s.lastOK.Store(t0.UnixNano())
 	hctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
@@ -119,8 +148,17 @@ func (e *Elector) openSession(ctx context.Context) (*session, error) {
 		defer close(s.done)
 		e.heartbeat(hctx, s)
 	}()
-	e.log.Debug("election session created", "session", s.id, "check", checkID)
+	e.log.Debug("election session created", "session", s.id, "check", serviceID)
 	return s, nil
+}
+
+// deregister removes an election service and its check, best-effort.
+func (e *Elector) deregister(serviceID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if err := e.client.Agent().ServiceDeregisterOpts(serviceID, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+		e.log.Debug("election: deregistering the check failed", "service", serviceID, "error", err)
+	}
 }
 
 // heartbeatInterval fits heartbeatsPerDemote renewals into demote_after.
@@ -223,9 +261,5 @@ func (e *Elector) closeSession(s *session, give bool) {
 		e.log.Debug("election: destroying the session failed; it expires after its TTL", "session", s.id, "error", err)
 	}
 	cancel()
-	ctx, cancel = context.WithTimeout(context.Background(), cleanupTimeout)
-	if err := e.client.Agent().CheckDeregisterOpts(s.checkID, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-		e.log.Debug("election: deregistering the check failed", "check", s.checkID, "error", err)
-	}
-	cancel()
+	e.deregister(s.checkID)
 }
