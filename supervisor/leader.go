@@ -171,7 +171,7 @@ func (s *Supervisor) releaseLeader() {
 	ctx, cancel := context.WithTimeout(context.Background(), leaderReleaseTimeout)
 	defer cancel()
 	if err := e.Release(ctx); err != nil {
-		s.log.Warn("election: release failed; the lock passes on after the session's ttl", "error", err)
+		s.log.Warn("election: release is slow; the lock is released when the election stops", "error", err)
 	}
 	s.elect.wg.Wait()
 }

@@ -35,10 +35,11 @@ type recHooks struct {
 	events []hookEvent
 	fail   map[string]error // node/hook -> error to return
 	delay  map[string]time.Duration
+	block  map[string]chan struct{} // node/hook -> closed when the hook may end; ctx is ignored
 }
 
 func newRecHooks() *recHooks {
-	return &recHooks{fail: map[string]error{}, delay: map[string]time.Duration{}}
+	return &recHooks{fail: map[string]error{}, delay: map[string]time.Duration{}, block: map[string]chan struct{}{}}
 }
 
 // forNode is the HookRunner of one node.
@@ -53,8 +54,11 @@ func (h nodeHooks) Run(ctx context.Context, name string, env map[string]string) 
 	tok, _ := strconv.ParseUint(env[VarFencingToken], 10, 64)
 	h.r.mu.Lock()
 	h.r.events = append(h.r.events, hookEvent{Node: h.node, Hook: name, Token: tok, Env: env, At: time.Now()})
-	err, d := h.r.fail[h.node+"/"+name], h.r.delay[h.node+"/"+name]
+	err, d, block := h.r.fail[h.node+"/"+name], h.r.delay[h.node+"/"+name], h.r.block[h.node+"/"+name]
 	h.r.mu.Unlock()
+	if block != nil {
+		<-block
+	}
 	if d > 0 {
 		select {
 		case <-time.After(d):
@@ -404,6 +408,37 @@ func electionChecks(t *testing.T, cl *api.Client, n *node) []string {
 		}
 	}
 	return ids
+}
+
+// A Release that gives up waiting (the leader is stuck in a hook) still
+// hands the lock over as soon as the election stops, not a ttl later.
+func TestSlowReleaseStillHandsOver(t *testing.T) {
+	t.Parallel()
+	c := testrig.StartConsul(t)
+	hooks := newRecHooks()
+	unblock := make(chan struct{})
+	hooks.block["n1/"+HookOnLeader] = unblock
+	n1 := startNode(t, c.HTTPAddr, "n1", hooks, nil)
+	waitFor(t, 10*time.Second, "n1 in on_leader", func() bool { return len(hooks.find("n1", HookOnLeader, false)) == 1 })
+	n2 := startNode(t, c.HTTPAddr, "n2", hooks, nil)
+	waitFor(t, 10*time.Second, "n2 follows n1", func() bool { return n2.e.Status().LeaderNode == "n1" })
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := n1.e.Release(ctx); err == nil {
+		t.Fatal("Release returned nil while on_leader still ran")
+	}
+	close(unblock)
+	if err := <-n1.done; !errors.Is(err, ErrReleased) {
+		t.Fatalf("Run after Release returned %v", err)
+	}
+	n1.done <- nil
+	d := waitFor(t, DefaultTTL+DefaultLockDelay+5*time.Second, "n2 leads", func() bool { return n2.e.IsLeader() })
+	if d > 3*time.Second {
+		t.Fatalf("n2 led %s after n1's election stopped: the lock was left to expire, not released", d)
+	}
+	if ids := electionChecks(t, consulClient(t, c.HTTPAddr), n1); len(ids) != 0 {
+		t.Fatalf("n1's election checks %v still registered", ids)
+	}
 }
 
 // The election's check hangs on a service of its own: when a node dies

@@ -64,18 +64,34 @@ func (e *Elector) Run(ctx context.Context) error {
 			sleepCtx(ctx, e.opts.TTL)
 		}
 	}
-	// Stopped: no longer renewing, so no longer the leader.
+	// Stopped: no longer renewing, so no longer the leader. After Release
+	// the session is given up here, not left to Release: a Release that
+	// stopped waiting for Run (its context ended) would otherwise leave
+	// the lock held until the session's ttl.
 	e.mu.Lock()
-	if e.sess != nil {
-		e.sess.stop()
+	s, released := e.sess, e.released
+	if released {
+		e.sess = nil
+	} else if s != nil {
+		s.stop()
 	}
-	released := e.released
 	e.mu.Unlock()
 	e.setRole(RoleCandidate, Leader{}, 0)
 	if released {
+		e.giveUp(s)
 		return ErrReleased
 	}
 	return ctx.Err()
+}
+
+// giveUp releases the key and closes the session, if there is one.
+func (e *Elector) giveUp(s *session) {
+	if s == nil {
+		return
+	}
+	e.log.Info("election: releasing leadership", "session", s.id)
+	e.closeSession(s, true)
+	e.log.Info("election: leadership released", "session", s.id)
 }
 
 // warnServerAgent warns when the agent is a Consul server and lock_delay
@@ -111,11 +127,13 @@ func (e *Elector) Release(ctx context.Context) error {
 	cancel, done, running := e.cancelRun, e.runDone, e.running
 	e.mu.Unlock()
 	if running {
+		// Run gives the session up as it returns (unless it returned
+		// before Release began; then e.sess is still set, below).
 		cancel()
 		select {
 		case <-done:
 		case <-ctx.Done():
-			return fmt.Errorf("election: release: the election did not stop in time: %w", ctx.Err())
+			return fmt.Errorf("election: release: the election did not stop in time; it releases the lock when it does: %w", ctx.Err())
 		}
 	}
 	e.setRole(RoleCandidate, Leader{}, 0)
@@ -123,11 +141,7 @@ func (e *Elector) Release(ctx context.Context) error {
 	s := e.sess
 	e.sess = nil
 	e.mu.Unlock()
-	if s != nil {
-		e.log.Info("election: releasing leadership", "session", s.id)
-		e.closeSession(s, true)
-		e.log.Info("election: leadership released", "session", s.id)
-	}
+	e.giveUp(s)
 	return nil
 }
 
