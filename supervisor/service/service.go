@@ -274,7 +274,9 @@ func (r *Registration) SetRole(role string) {
 
 // Drain marks the service critical at once (output "lifeboat is shutting
 // down: REASON") and stops reporting check results, so clients stop
-// using the instance before the app is stopped. Close deregisters it.
+// using the instance before the app is stopped. A service without a
+// check is put into maintenance mode instead, which health queries leave
+// out the same way. Close deregisters it.
 func (r *Registration) Drain(ctx context.Context, reason string) error {
 	r.mu.Lock()
 	r.draining = true
@@ -290,7 +292,15 @@ func (r *Registration) Drain(ctx context.Context, reason string) error {
 	}
 	res := Result{State: StateCritical, Output: out, At: time.Now()}
 	r.record(res)
-	if r.checker == nil || !reg {
+	if !reg {
+		return nil
+	}
+	if r.checker == nil {
+		ctx, cancel := context.WithTimeout(ctx, r.opts.RequestTimeout)
+		defer cancel()
+		if err := r.opts.Client.Agent().EnableServiceMaintenanceOpts(r.id, out, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+			return fmt.Errorf("draining service %s: maintenance mode on the Consul agent: %w", r.id, err)
+		}
 		return nil
 	}
 	return r.updateTTL(ctx, res)

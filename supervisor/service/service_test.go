@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -454,6 +455,36 @@ func TestService(t *testing.T) {
 			if ch := checks[r.CheckID()]; ch == nil || ch.Status != api.HealthCritical {
 				t.Fatalf("check went back to %+v after Drain", ch)
 			}
+		}
+	})
+
+	t.Run("DrainWithoutCheckUsesMaintenance", func(t *testing.T) {
+		r := start(t, service.Options{Client: cl, Name: "drain-nocheck", ID: "drain-nocheck"})
+		passing := func() int {
+			entries, _, err := cl.Health().Service("drain-nocheck", "", true, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(entries)
+		}
+		waitFor(t, "registered and passing", func() error {
+			if passing() != 1 {
+				return errors.New("not passing yet")
+			}
+			return nil
+		})
+		if err := r.Drain(context.Background(), "SIGTERM"); err != nil {
+			t.Fatal(err)
+		}
+		if n := passing(); n != 0 {
+			t.Fatalf("%d passing instances after Drain, want 0", n)
+		}
+		checks, err := cl.Agent().Checks()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ch := checks["_service_maintenance:drain-nocheck"]; ch == nil || ch.Status != api.HealthCritical || !strings.Contains(ch.Notes, "lifeboat is shutting down: SIGTERM") {
+			t.Fatalf("maintenance check after Drain: %+v", ch)
 		}
 	})
 
