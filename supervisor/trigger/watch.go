@@ -124,10 +124,14 @@ func (w *Watcher) Stop() {
 }
 
 // ignored reports whether rel (relative to Dir, slash-separated) is one of
-// lifeboat's files, excluded, or inside an excluded directory.
+// lifeboat's files, excluded, or inside an excluded directory or the
+// volume's lost+found (fsck's, not the app's, and never backed up).
 func (w *Watcher) ignored(rel string) bool {
 	if rel == "." || rel == "" {
 		return false
+	}
+	if rel == "lost+found" || strings.HasPrefix(rel, "lost+found/") {
+		return true
 	}
 	for p := rel; p != "." && p != "/"; p = path.Dir(p) {
 		base := path.Base(p)

@@ -99,13 +99,14 @@ func TestWatchIgnoresExcludedAndOwnFiles(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "cache/old"), "x")
 	write(t, filepath.Join(dir, "tmp/keep.txt"), "x")
+	write(t, filepath.Join(dir, "lost+found/#12"), "x")
 	w, rec := startWatch(t, WatchOptions{Dir: dir, Debounce: 100 * time.Millisecond,
 		Exclude: []string{"*.tmp", "cache", "tmp/*", "logs"}})
 	if w.Dirs() != 2 {
 		t.Fatalf("watching %d dirs, want 2 (., tmp): excluded dirs are not watched", w.Dirs())
 	}
 	for _, name := range []string{"x.tmp", "sub/y.tmp", "cache/inner", "cache/deeper/z", "tmp/t1",
-		"logs/app.log", ".lifeboat-restoring", ".lifeboat-restored", ".lifeboat.sock", ".lb-0123abcd.sock"} {
+		"logs/app.log", "lost+found/#13", ".lifeboat-restoring", ".lifeboat-restored", ".lifeboat.sock", ".lb-0123abcd.sock"} {
 		write(t, filepath.Join(dir, name), "ignored")
 	}
 	write(t, filepath.Join(dir, "real.txt"), "counted")
