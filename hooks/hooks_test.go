@@ -153,14 +153,18 @@ func TestMetadataRoundTrip(t *testing.T) {
 func TestMalformedMetadata(t *testing.T) {
 	r, _ := newRunner(t)
 	for _, tc := range []struct{ script, want string }{
-		{`printf 'ok=1\nnot a pair\n' > "$LIFEBOAT_METADATA_FILE"`, `line 2 "not a pair"`},
-		{`printf 'bad key=1\n' > "$LIFEBOAT_METADATA_FILE"`, `line 1 "bad key=1"`},
-		{`printf '=novalue\n' > "$LIFEBOAT_METADATA_FILE"`, `line 1 "=novalue"`},
+		{`printf 'ok=1\nnot a pair\n' > "$LIFEBOAT_METADATA_FILE"`, `metadata line 2 is not key=value: it has no '='`},
+		{`printf 'bad key=1\n' > "$LIFEBOAT_METADATA_FILE"`, `metadata line 1 is not key=value: the key (7 bytes before the first '=')`},
+		{`printf '=novalue\n' > "$LIFEBOAT_METADATA_FILE"`, `metadata line 1 is not key=value: the key (0 bytes`},
+		{`printf 'ok=1\nhunter2-secret\n' > "$LIFEBOAT_METADATA_FILE"`, `metadata line 2 is not key=value`},
 		{`head -c 70000 /dev/zero | tr '\0' a > "$LIFEBOAT_METADATA_FILE"`, `larger than 65536 bytes`},
 	} {
 		_, err := r.Run(context.Background(), Hook{Name: "pre_backup", Command: sh(tc.script)}, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "hook pre_backup") {
 			t.Errorf("%s: error %v, want one naming the hook and %s", tc.script, err, tc.want)
+		}
+		if err != nil && (strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "novalue") || strings.Contains(err.Error(), "bad key")) {
+			t.Errorf("%s: error %v quotes the malformed line", tc.script, err)
 		}
 	}
 }

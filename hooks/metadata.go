@@ -19,7 +19,8 @@ var metadataKey = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 // ParseMetadata reads key=value lines: keys are [A-Za-z0-9_.-]+, the value
 // is the rest of the line after the first "=" (it may be empty or hold
 // "="). Empty lines and lines starting with "#" are skipped; a key given
-// twice keeps its last value. Any other line is an error naming its number.
+// twice keeps its last value. Any other line is an error naming its
+// number, never its content.
 func ParseMetadata(data []byte) (map[string]string, error) {
 	md := map[string]string{}
 	for i, line := range strings.Split(string(data), "\n") {
@@ -27,9 +28,14 @@ func ParseMetadata(data []byte) (map[string]string, error) {
 		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
+		// The line itself is not quoted: it may be a secret written
+		// by mistake, and this error is logged.
 		k, v, ok := strings.Cut(line, "=")
-		if !ok || !metadataKey.MatchString(k) {
-			return md, fmt.Errorf("metadata line %d %q is not key=value with a key of letters, digits, '_', '.' or '-'", i+1, clip(line, 80))
+		if !ok {
+			return md, fmt.Errorf("metadata line %d is not key=value: it has no '='", i+1)
+		}
+		if !metadataKey.MatchString(k) {
+			return md, fmt.Errorf("metadata line %d is not key=value: the key (%d bytes before the first '=') may hold only letters, digits, '_', '.' or '-'", i+1, len(k))
 		}
 		md[k] = v
 	}
