@@ -197,11 +197,14 @@ func IsNotFound(err error) bool {
 // IsUnknownCheck reports whether err is the agent's answer to a TTL update
 // of a check it does not have: it forgot the registration (an agent
 // restart without state). The status code has varied between Consul
-// versions, so the body is matched, in both wordings.
+// versions (404, or 500 with the reason in the body, in two wordings).
 func IsUnknownCheck(err error) bool {
 	var se api.StatusError
 	if !errors.As(err, &se) {
 		return false
+	}
+	if se.Code == 404 {
+		return true
 	}
 	b := strings.ToLower(se.Body)
 	return strings.Contains(b, "does not have associated ttl") || strings.Contains(b, "unknown check")

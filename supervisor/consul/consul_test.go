@@ -387,6 +387,7 @@ func TestIsUnknownCheck(t *testing.T) {
 	}{
 		{fmt.Errorf("update: %w", api.StatusError{Code: 404, Body: `Unknown check ID "service:web". Ensure that the check ID is passed, not the check name.`}), true},
 		{api.StatusError{Code: 500, Body: `CheckID "service:web" does not have associated TTL`}, true},
+		{api.StatusError{Code: 404, Body: ""}, true},
 		{api.StatusError{Code: 500, Body: "rpc error"}, false},
 		{fmt.Errorf("unknown check"), false}, // not the agent's answer
 		{nil, false},

@@ -295,7 +295,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, fmt.Errorf("status: %w", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, v)
+	WriteJSON(w, http.StatusOK, v)
 }
 
 func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
@@ -343,7 +343,7 @@ func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
 	if req.Wait {
 		code = http.StatusOK
 	}
-	writeJSON(w, code, resp)
+	WriteJSON(w, code, resp)
 }
 
 // counted counts requests per endpoint and status code.
@@ -379,7 +379,7 @@ type errorBody struct {
 // WriteError answers with code and {"error": msg}, the shape the Client
 // turns back into an error. For handlers added with Handle.
 func WriteError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, errorBody{Error: msg})
+	WriteJSON(w, code, errorBody{Error: msg})
 }
 
 // writeErr maps the sentinel errors to their status codes.
@@ -396,7 +396,9 @@ func writeErr(w http.ResponseWriter, err error) {
 	WriteError(w, code, err.Error())
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
+// WriteJSON answers with code and v as indented JSON. For handlers added
+// with Handle.
+func WriteJSON(w http.ResponseWriter, code int, v any) {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		code = http.StatusInternalServerError

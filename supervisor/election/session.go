@@ -223,7 +223,7 @@ func (e *Elector) renew(ctx context.Context, s *session) error {
 	cctx, cancel := context.WithTimeout(ctx, e.requestTimeout())
 	defer cancel()
 	if err := e.client.Agent().UpdateTTLOpts(s.checkID, "", api.HealthPassing, (&api.QueryOptions{}).WithContext(cctx)); err != nil {
-		if consul.IsNotFound(err) || consul.IsUnknownCheck(err) {
+		if consul.IsUnknownCheck(err) {
 			// The agent forgot the check (restarted without state): the
 			// session depending on it is invalid or about to be.
 			return fmt.Errorf("%w: agent does not know check %q: %v", errSessionGone, s.checkID, err)

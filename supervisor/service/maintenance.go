@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/lifeboat/lifeboat/supervisor/consul"
+	"github.com/lifeboat/lifeboat/supervisor/control"
 )
 
 // PathMaintenance is the control-socket endpoint MaintenanceHandler serves.
@@ -87,28 +88,17 @@ func (r *Registration) MaintenanceHandler() http.Handler {
 		dec := json.NewDecoder(io.LimitReader(req.Body, 64<<10))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "maintenance: the body must be JSON like {\"enable\": true, \"reason\": \"...\"}: " + err.Error()})
+			control.WriteError(w, http.StatusBadRequest, "maintenance: the body must be JSON like {\"enable\": true, \"reason\": \"...\"}: "+err.Error())
 			return
 		}
 		if body.Enable == nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "maintenance: say {\"enable\": true} or {\"enable\": false}"})
+			control.WriteError(w, http.StatusBadRequest, "maintenance: say {\"enable\": true} or {\"enable\": false}")
 			return
 		}
 		if err := r.SetMaintenance(req.Context(), *body.Enable, body.Reason); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+			control.WriteError(w, http.StatusServiceUnavailable, err.Error())
 			return
 		}
-		writeJSON(w, http.StatusOK, r.Status())
+		control.WriteJSON(w, http.StatusOK, r.Status())
 	})
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		code = http.StatusInternalServerError
-		b = []byte(`{"error": "encoding the answer failed"}`)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	w.Write(append(b, '\n'))
 }

@@ -487,7 +487,7 @@ func (r *Registration) register(ctx context.Context) error {
 	if last != nil && r.checker != nil {
 		err := r.reportTTL(rctx, *last)
 		switch {
-		case consul.IsNotFound(err) || consul.IsUnknownCheck(err):
+		case consul.IsUnknownCheck(err):
 			incomplete = fmt.Errorf("the Consul agent took service %s but does not know its check: %w", r.id, err)
 		case err != nil:
 			r.log.Warn("cannot report the last check result after registering", "error", err)
@@ -602,7 +602,7 @@ func (r *Registration) record(res Result) {
 // know the check means it forgot the registration: send it again.
 func (r *Registration) updateTTL(ctx context.Context, res Result) error {
 	err := r.reportTTL(ctx, res)
-	if consul.IsNotFound(err) || consul.IsUnknownCheck(err) {
+	if consul.IsUnknownCheck(err) {
 		r.log.Warn("the Consul agent does not know the check any more (agent restarted?); registering the service again")
 		r.markForgotten()
 		r.kick()
