@@ -19,12 +19,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/user"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/lifeboat/lifeboat/supervisor/process"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -184,11 +184,11 @@ func New(opts Options) (*Server, error) {
 	}
 	gid := -1
 	if opts.Group != "" {
-		g, err := lookupGroup(opts.Group)
+		g, err := process.LookupGroup(opts.Group)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("control socket %w", err)
 		}
-		gid = g
+		gid = int(g)
 	}
 
 	if opts.TelemetryListen != "" {
@@ -429,15 +429,3 @@ func contains(list []string, s string) bool {
 type slogErrorLog struct{ log *slog.Logger }
 
 func (l slogErrorLog) Println(v ...any) { l.log.Error("metrics: " + fmt.Sprint(v...)) }
-
-// lookupGroup resolves a group name or numeric gid.
-func lookupGroup(name string) (int, error) {
-	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
-		return n, nil
-	}
-	g, err := user.LookupGroup(name)
-	if err != nil {
-		return 0, fmt.Errorf("control socket group %q: %w", name, err)
-	}
-	return strconv.Atoi(g.Gid)
-}

@@ -35,18 +35,30 @@ func LookupUser(spec string) (*User, error) {
 		fill(u, pw)
 	}
 	if hasGroup {
-		if id, err := strconv.ParseUint(group, 10, 32); err == nil {
-			u.Gid = uint32(id)
-		} else {
-			g, err := user.LookupGroup(group)
-			if err != nil {
-				return nil, fmt.Errorf("group %q: not found in /etc/group", group)
-			}
-			gid, _ := strconv.ParseUint(g.Gid, 10, 32)
-			u.Gid = uint32(gid)
+		gid, err := LookupGroup(group)
+		if err != nil {
+			return nil, err
 		}
+		u.Gid = gid
 	}
 	return u, nil
+}
+
+// LookupGroup resolves a group name or numeric gid through /etc/group. A
+// numeric gid need not exist there; a name must.
+func LookupGroup(name string) (uint32, error) {
+	if id, err := strconv.ParseUint(name, 10, 32); err == nil {
+		return uint32(id), nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, fmt.Errorf("group %q: not found in /etc/group", name)
+	}
+	gid, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("group %q: gid %q in /etc/group is not a number", name, g.Gid)
+	}
+	return uint32(gid), nil
 }
 
 func fill(u *User, pw *user.User) {

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"syscall"
+
+	"github.com/lifeboat/lifeboat/supervisor/process"
 )
 
 // writeAtomic puts data at path with mode perm and owner uid:gid (-1
@@ -80,34 +80,18 @@ func ownerMatches(fi os.FileInfo, uid, gid int) bool {
 func resolveOwner(userName, groupName string) (int, int, error) {
 	uid, gid := -1, -1
 	if userName != "" {
-		u, err := lookupUser(userName)
+		u, err := process.LookupUser(userName)
 		if err != nil {
-			return 0, 0, fmt.Errorf("user %q: %w", userName, err)
+			return 0, 0, err
 		}
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
+		uid, gid = int(u.Uid), int(u.Gid)
 	}
 	if groupName != "" {
-		if n, err := strconv.Atoi(groupName); err == nil {
-			gid = n
-		} else {
-			g, err := user.LookupGroup(groupName)
-			if err != nil {
-				return 0, 0, fmt.Errorf("group %q: %w", groupName, err)
-			}
-			gid, _ = strconv.Atoi(g.Gid)
+		g, err := process.LookupGroup(groupName)
+		if err != nil {
+			return 0, 0, err
 		}
+		gid = int(g)
 	}
 	return uid, gid, nil
-}
-
-func lookupUser(name string) (*user.User, error) {
-	if _, err := strconv.Atoi(name); err == nil {
-		if u, err := user.LookupId(name); err == nil {
-			return u, nil
-		}
-		// A numeric uid without a passwd entry is fine in containers.
-		return &user.User{Uid: name, Gid: name}, nil
-	}
-	return user.Lookup(name)
 }
