@@ -154,23 +154,57 @@ func (r *Repository) addIndex(idx *indexFile) {
 // writeIndex stores the index of a backup's new packs and adds it to the
 // in-memory index.
 func (r *Repository) writeIndex(ctx context.Context, packs []indexPack) error {
-	if len(packs) == 0 {
-		return nil
-	}
-	idx := &indexFile{Version: 1, Packs: packs}
-	b, err := r.encodeObject("index", idx)
+	keys, err := r.writeIndexes(ctx, packs)
 	if err != nil {
 		return err
 	}
-	key := indexPrefix + randomID(16)
-	if err := r.store.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
-		return fmt.Errorf("write index: %w", err)
-	}
 	r.mu.Lock()
-	r.addIndex(idx)
-	r.indexes[key] = true
+	r.addIndex(&indexFile{Version: 1, Packs: packs})
+	for k := range keys {
+		r.indexes[k] = true
+	}
 	r.mu.Unlock()
 	return nil
+}
+
+// maxBlobsPerIndex splits an index into objects of bounded size (about 150
+// bytes of JSON per blob before compression), well below maxIndexBytes.
+var maxBlobsPerIndex = 250_000 // a var for the test of the split
+
+// splitIndex cuts packs into groups of at most maxBlobsPerIndex blobs.
+func splitIndex(packs []indexPack) [][]indexPack {
+	var out [][]indexPack
+	var cur []indexPack
+	n := 0
+	for _, p := range packs {
+		if n > 0 && n+len(p.Blobs) > maxBlobsPerIndex {
+			out = append(out, cur)
+			cur, n = nil, 0
+		}
+		cur = append(cur, p)
+		n += len(p.Blobs)
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out
+}
+
+// writeIndexes stores packs as new index objects and returns their keys.
+func (r *Repository) writeIndexes(ctx context.Context, packs []indexPack) (map[string]bool, error) {
+	keys := map[string]bool{}
+	for _, group := range splitIndex(packs) {
+		b, err := r.encodeObject("index", &indexFile{Version: 1, Packs: group})
+		if err != nil {
+			return nil, err
+		}
+		key := indexPrefix + randomID(16)
+		if err := r.store.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
+			return nil, fmt.Errorf("write index %s: %w", key, err)
+		}
+		keys[key] = true
+	}
+	return keys, nil
 }
 
 // lookup finds a chunk.

@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"sort"
@@ -17,10 +16,6 @@ import (
 // the grace period is the second line: it covers a backup that lost its
 // lease while still writing, and clocks that disagree.
 const DefaultPruneGrace = 6 * time.Hour
-
-// maxBlobsPerIndex splits a rewritten index into objects of bounded size
-// (about 150 bytes of JSON per blob before compression).
-const maxBlobsPerIndex = 250_000
 
 // PruneOptions tune Prune.
 type PruneOptions struct {
@@ -332,42 +327,6 @@ func (r *Repository) referencedChunks(ctx context.Context, list []*Manifest) (ma
 		return nil, err
 	}
 	return used, nil
-}
-
-// splitIndex cuts packs into groups of at most maxBlobsPerIndex blobs.
-func splitIndex(packs []indexPack) [][]indexPack {
-	var out [][]indexPack
-	var cur []indexPack
-	n := 0
-	for _, p := range packs {
-		if n > 0 && n+len(p.Blobs) > maxBlobsPerIndex {
-			out = append(out, cur)
-			cur, n = nil, 0
-		}
-		cur = append(cur, p)
-		n += len(p.Blobs)
-	}
-	if len(cur) > 0 {
-		out = append(out, cur)
-	}
-	return out
-}
-
-// writeIndexes stores packs as new index objects and returns their keys.
-func (r *Repository) writeIndexes(ctx context.Context, packs []indexPack) (map[string]bool, error) {
-	keys := map[string]bool{}
-	for _, group := range splitIndex(packs) {
-		b, err := r.encodeObject("index", &indexFile{Version: 1, Packs: group})
-		if err != nil {
-			return nil, err
-		}
-		key := indexPrefix + randomID(16)
-		if err := r.store.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
-			return nil, fmt.Errorf("write index %s: %w", key, err)
-		}
-		keys[key] = true
-	}
-	return keys, nil
 }
 
 // noNewSnapshots fails when a manifest appeared that prune did not read: a

@@ -584,3 +584,52 @@ func TestLostFoundStaysWithTheVolume(t *testing.T) {
 		t.Fatal("the source volume's lost+found was restored")
 	}
 }
+
+// A backup with more new chunks than one index object may name writes
+// several (split between packs), and a repository opened afresh finds
+// every chunk in them.
+func TestBackupIndexIsSplit(t *testing.T) {
+	defer func(n int) { maxBlobsPerIndex = n }(maxBlobsPerIndex)
+	maxBlobsPerIndex = 20
+	ctx := context.Background()
+	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	r := smallRepo(t, s, nil) // 64 KiB chunks, 1 MiB packs
+	src := t.TempDir()
+	for i := range 10 {
+		os.WriteFile(filepath.Join(src, fmt.Sprintf("f%d", i)), randBytes(300<<10+i), 0o644)
+	}
+	if _, err := r.Backup(ctx, BackupRequest{Dir: src}); err != nil {
+		t.Fatal(err)
+	}
+	objects, total := 0, 0
+	s.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
+		idx, err := r.readIndex(ctx, o.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blobs := 0
+		for _, p := range idx.Packs {
+			blobs += len(p.Blobs)
+		}
+		if blobs > maxBlobsPerIndex && len(idx.Packs) > 1 {
+			t.Errorf("%s names %d blobs in %d packs, more than %d", o.Key, blobs, len(idx.Packs), maxBlobsPerIndex)
+		}
+		objects++
+		total += blobs
+		return nil
+	})
+	if total <= 2*maxBlobsPerIndex || objects < 3 {
+		t.Fatalf("%d blobs in %d index objects; the test wants more than %d blobs in at least 3", total, objects, 2*maxBlobsPerIndex)
+	}
+	r2, err := Open(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "restored")
+	if _, err := r2.Restore(ctx, RestoreRequest{Target: dst}); err != nil {
+		t.Fatal(err)
+	}
+	if want, got := describe(t, src), describe(t, dst); want != got {
+		t.Fatalf("restored tree differs:\nwant:\n%s\ngot:\n%s", want, got)
+	}
+}
