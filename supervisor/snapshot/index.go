@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/lifeboat/lifeboat/supervisor/storage"
 )
@@ -55,17 +56,15 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 	return r.loadIndex(ctx, nil)
 }
 
-// loadIndex is LoadIndex; when unlocked is set, each object's bytes are
-// downloaded before it is called and decoded only after it returned nil,
-// so Open can derive the keys while the index downloads.
+// loadIndex is LoadIndex; unlocked is as for eachIndex.
 func (r *Repository) loadIndex(ctx context.Context, unlocked func() error) error {
-	present := map[string]bool{}
-	err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
-		present[o.Key] = true
-		return nil
-	})
+	listed, err := r.listIndex(ctx)
 	if err != nil {
-		return fmt.Errorf("list index: %w", err)
+		return err
+	}
+	present := map[string]bool{}
+	for _, k := range listed {
+		present[k] = true
 	}
 	var keys []string
 	stale := false
@@ -83,39 +82,80 @@ func (r *Repository) loadIndex(ctx context.Context, unlocked func() error) error
 		r.log.Info("index was rewritten by a prune; reloading it")
 		return r.reloadIndex(ctx)
 	}
-	return parallel(ctx, r.conc, keys, func(ctx context.Context, key string) error {
+	bad, err := r.eachIndex(ctx, keys, unlocked, func(key string, f *indexFile) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.addIndex(f)
+		r.indexes[key] = true
+	})
+	r.warnDamaged(bad)
+	return err
+}
+
+// warnDamaged logs the index objects eachIndex found damaged. One damaged
+// object must not make the whole repository unreadable (restore of
+// snapshots whose chunks are indexed elsewhere, verify, repair). Its
+// chunks are simply unknown: a backup uploads them again; a restore that
+// needs them fails naming the chunk. Verify reports the object.
+func (r *Repository) warnDamaged(bad map[string]error) {
+	for key, err := range bad {
+		r.log.Warn("skipping a damaged index object; run lifeboat verify", "object", key, "error", err)
+	}
+}
+
+// listIndex lists the keys of the index objects.
+func (r *Repository) listIndex(ctx context.Context) ([]string, error) {
+	var keys []string
+	if err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
+		keys = append(keys, o.Key)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list index: %w", err)
+	}
+	return keys, nil
+}
+
+// eachIndex reads the index objects keys, r.conc at a time, and hands
+// each good one to add, one call at a time. The error of each damaged one
+// (ErrCorrupt) is returned in bad; an object deleted since it was listed
+// (a prune rewrote the index) is left out. Any other failure (to read: a
+// network error; an unsupported version) is err: such an object is not
+// known to be damaged, so nobody may treat it as such. When unlocked is
+// set, each object's bytes are downloaded before it is called and decoded
+// only after it returned nil, so Open can derive the keys meanwhile.
+func (r *Repository) eachIndex(ctx context.Context, keys []string, unlocked func() error, add func(key string, f *indexFile)) (bad map[string]error, err error) {
+	bad = map[string]error{}
+	var mu sync.Mutex
+	err = parallel(ctx, r.conc, keys, func(ctx context.Context, key string) error {
 		b, err := r.getAll(ctx, key, maxIndexBytes)
+		var f *indexFile
 		if err != nil {
 			err = fmt.Errorf("read %s: %w", key, err)
-		} else if unlocked != nil {
-			if err := unlocked(); err != nil {
-				return err
+		} else {
+			if unlocked != nil {
+				if err := unlocked(); err != nil {
+					return err
+				}
 			}
+			f, err = r.decodeIndex(key, b)
 		}
-		var idx *indexFile
-		if err == nil {
-			idx, err = r.decodeIndex(key, b)
-		}
+		mu.Lock()
+		defer mu.Unlock()
 		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
 		case errors.Is(err, storage.ErrNotExist):
-			return nil // deleted since the listing: a prune rewrote the index
+			return nil
 		case errors.Is(err, ErrCorrupt):
-			// One damaged index object must not make the whole repository
-			// unreadable (restore of snapshots whose chunks are indexed
-			// elsewhere, verify, repair). Its chunks are simply unknown:
-			// a backup uploads them again; a restore that needs them
-			// fails naming the chunk. Verify reports the object.
-			r.log.Warn("skipping a damaged index object; run lifeboat verify", "object", key, "error", err)
+			bad[key] = err
 			return nil
 		case err != nil:
 			return err
 		}
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		r.addIndex(idx)
-		r.indexes[key] = true
+		add(key, f)
 		return nil
 	})
+	return bad, err
 }
 
 func (r *Repository) readIndex(ctx context.Context, key string) (*indexFile, error) {

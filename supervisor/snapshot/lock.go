@@ -280,19 +280,20 @@ func (r *Repository) pruneLease(ctx context.Context) (*lease, error) {
 // does. The new index is built aside and swapped in, so lookups never see
 // a half-loaded one.
 func (r *Repository) reloadIndex(ctx context.Context) error {
-	idx, bad, err := r.readIndexesTolerant(ctx)
+	keys, err := r.listIndex(ctx)
 	if err != nil {
 		return err
 	}
-	for key, e := range bad {
-		r.log.Warn("skipping a damaged index object; run lifeboat verify", "object", key, "error", e)
-	}
 	fresh := &Repository{index: map[ChunkID]BlobRef{}}
 	loaded := map[string]bool{}
-	for key, f := range idx {
+	bad, err := r.eachIndex(ctx, keys, nil, func(key string, f *indexFile) {
 		fresh.addIndex(f)
 		loaded[key] = true
+	})
+	if err != nil {
+		return err
 	}
+	r.warnDamaged(bad)
 	r.mu.Lock()
 	r.index, r.indexes = fresh.index, loaded
 	r.mu.Unlock()
@@ -318,35 +319,12 @@ func (r *Repository) readIndexes(ctx context.Context) (map[string]*indexFile, er
 // list, to read: a network error, an unsupported version) is err: such an
 // object is not known to be damaged, so nobody may delete it as such.
 func (r *Repository) readIndexesTolerant(ctx context.Context) (good map[string]*indexFile, bad map[string]error, err error) {
-	var keys []string
-	if err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
-		keys = append(keys, o.Key)
-		return nil
-	}); err != nil {
-		return nil, nil, fmt.Errorf("list index: %w", err)
+	keys, err := r.listIndex(ctx)
+	if err != nil {
+		return nil, nil, err
 	}
-	good, bad = map[string]*indexFile{}, map[string]error{}
-	var mu sync.Mutex
-	err = parallel(ctx, r.conc, keys, func(ctx context.Context, key string) error {
-		f, err := r.readIndex(ctx, key)
-		mu.Lock()
-		defer mu.Unlock()
-		if errors.Is(err, storage.ErrNotExist) {
-			return nil // deleted since the listing (a prune rewrote it)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if !errors.Is(err, ErrCorrupt) {
-				return err
-			}
-			bad[key] = err
-			return nil
-		}
-		good[key] = f
-		return nil
-	})
+	good = map[string]*indexFile{}
+	bad, err = r.eachIndex(ctx, keys, nil, func(key string, f *indexFile) { good[key] = f })
 	if err != nil {
 		return nil, nil, err
 	}
