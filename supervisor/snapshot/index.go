@@ -58,7 +58,7 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 
 // loadIndex is LoadIndex; unlocked is as for eachIndex.
 func (r *Repository) loadIndex(ctx context.Context, unlocked func() error) error {
-	listed, err := r.listIndex(ctx)
+	listed, err := r.listKeys(ctx, indexPrefix, "index")
 	if err != nil {
 		return err
 	}
@@ -103,14 +103,15 @@ func (r *Repository) warnDamaged(bad map[string]error) {
 	}
 }
 
-// listIndex lists the keys of the index objects.
-func (r *Repository) listIndex(ctx context.Context) ([]string, error) {
+// listKeys lists the keys of the objects under prefix (what names them
+// in the error).
+func (r *Repository) listKeys(ctx context.Context, prefix, what string) ([]string, error) {
 	var keys []string
-	if err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
+	if err := r.store.List(ctx, prefix, func(o storage.ObjectInfo) error {
 		keys = append(keys, o.Key)
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("list index: %w", err)
+		return nil, fmt.Errorf("list %s: %w", what, err)
 	}
 	return keys, nil
 }

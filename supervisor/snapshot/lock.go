@@ -280,7 +280,7 @@ func (r *Repository) pruneLease(ctx context.Context) (*lease, error) {
 // does. The new index is built aside and swapped in, so lookups never see
 // a half-loaded one.
 func (r *Repository) reloadIndex(ctx context.Context) error {
-	keys, err := r.listIndex(ctx)
+	keys, err := r.listKeys(ctx, indexPrefix, "index")
 	if err != nil {
 		return err
 	}
@@ -319,7 +319,7 @@ func (r *Repository) readIndexes(ctx context.Context) (map[string]*indexFile, er
 // list, to read: a network error, an unsupported version) is err: such an
 // object is not known to be damaged, so nobody may delete it as such.
 func (r *Repository) readIndexesTolerant(ctx context.Context) (good map[string]*indexFile, bad map[string]error, err error) {
-	keys, err := r.listIndex(ctx)
+	keys, err := r.listKeys(ctx, indexPrefix, "index")
 	if err != nil {
 		return nil, nil, err
 	}

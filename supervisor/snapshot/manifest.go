@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lifeboat/lifeboat/supervisor/storage"
 	"github.com/zeebo/blake3"
 )
 
@@ -111,15 +110,12 @@ func (r *Repository) Snapshots(ctx context.Context) ([]*Manifest, error) {
 // cannot be read an error (prune must not decide on a partial list);
 // otherwise it is skipped with a warning.
 func (r *Repository) listManifests(ctx context.Context, strict bool) ([]*Manifest, error) {
-	var keys []string
-	if err := r.store.List(ctx, snapshotsPrefix, func(o storage.ObjectInfo) error {
-		keys = append(keys, o.Key)
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("list snapshots: %w", err)
+	keys, err := r.listKeys(ctx, snapshotsPrefix, "snapshots")
+	if err != nil {
+		return nil, err
 	}
 	out := make([]*Manifest, len(keys))
-	err := parallel(ctx, r.conc, indices(len(keys)), func(ctx context.Context, i int) error {
+	err = parallel(ctx, r.conc, indices(len(keys)), func(ctx context.Context, i int) error {
 		m, err := r.readManifest(ctx, keys[i])
 		switch {
 		case err != nil && strict:

@@ -131,12 +131,9 @@ func Verify(ctx context.Context, r *Repository, opts VerifyOptions) (*VerifyRepo
 	// index objects, then packs sees everything a listed manifest needs.
 	// What a concurrent prune deletes meanwhile is recognised below by its
 	// index object or manifest being gone too.
-	var mkeys []string
-	if err := r.store.List(ctx, snapshotsPrefix, func(o storage.ObjectInfo) error {
-		mkeys = append(mkeys, o.Key)
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("verify: list snapshots: %w", err)
+	mkeys, err := r.listKeys(ctx, snapshotsPrefix, "snapshots")
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
 	}
 
 	// Every index object decodes; every pack it lists exists with its
