@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -156,24 +157,34 @@ func (s *Supervisor) openData(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, storeOpenTimeout)
 	defer cancel()
-	backoff := storeRetryInitial
+	err = retryUntil(ctx, s.log, "cannot open the store; retrying", storeRetryInitial, storeRetryMax,
+		func(err error) bool { return !retryableOpen(err) },
+		func() error { return s.openDataOnce(ctx, key) })
+	if err != nil && retryableOpen(err) {
+		return fmt.Errorf("gave up after %s: %w", storeOpenTimeout, err)
+	}
+	return err
+}
+
+// retryUntil calls try until it returns nil or an error final accepts, or
+// ctx ends (then try's last error is returned), waiting between attempts
+// from initial, doubling up to max, and logging each failure with msg.
+func retryUntil(ctx context.Context, log *slog.Logger, msg string, initial, max time.Duration, final func(error) bool, try func() error) error {
+	backoff := initial
 	for {
-		err := s.openDataOnce(ctx, key)
-		if err == nil || !retryableOpen(err) {
+		err := try()
+		if err == nil || final(err) || ctx.Err() != nil {
 			return err
 		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("gave up after %s: %w", storeOpenTimeout, err)
-		}
-		s.log.Warn("cannot open the store; retrying", "error", err, "retry_in", backoff.String())
+		log.Warn(msg, "error", err, "retry_in", backoff.String())
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("gave up after %s: %w", storeOpenTimeout, err)
+			return err
 		case <-t.C:
 		}
-		backoff = min(2*backoff, storeRetryMax)
+		backoff = min(2*backoff, max)
 	}
 }
 

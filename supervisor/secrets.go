@@ -125,28 +125,21 @@ func loginVault(ctx context.Context, vc *config.Vault, log *slog.Logger, reg pro
 	opts.Logger, opts.Metrics = log, reg
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
-	backoff := vault.DefaultRetryInitial
-	for {
-		vcl, err := vault.New(ctx, opts)
-		if err == nil {
-			return vcl, nil
-		}
-		if errors.Is(err, vault.ErrConfig) {
-			// A missing role or unknown method: retrying cannot help.
-			return nil, usageError{err}
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("vault: gave up logging in: %w", err)
-		}
-		log.Warn("vault login failed; retrying", "error", err, "retry_in", backoff.String())
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("vault: gave up logging in: %w", err)
-		case <-t.C:
-		}
-		backoff = min(backoff*2, vault.DefaultRetryMax)
+	var vcl *vault.Client
+	err := retryUntil(ctx, log, "vault login failed; retrying", vault.DefaultRetryInitial, vault.DefaultRetryMax,
+		func(err error) bool { return errors.Is(err, vault.ErrConfig) },
+		func() (err error) {
+			vcl, err = vault.New(ctx, opts)
+			return err
+		})
+	switch {
+	case err == nil:
+		return vcl, nil
+	case errors.Is(err, vault.ErrConfig):
+		// A missing role or unknown method: retrying cannot help.
+		return nil, usageError{err}
+	default:
+		return nil, fmt.Errorf("vault: gave up logging in: %w", err)
 	}
 }
 
