@@ -116,9 +116,35 @@ func (r *Repository) Restore(ctx context.Context, req RestoreRequest) (*RestoreR
 	return res, nil
 }
 
-// checkTree refuses a tree that could write outside the target, and one
-// that references chunks the repository does not have.
+// checkTree refuses a tree that could write outside the target
+// (checkPaths), and one that references chunks the repository does not
+// have.
 func (r *Repository) checkTree(t *Tree) error {
+	if err := checkPaths(t); err != nil {
+		return err
+	}
+	for _, e := range t.Entries {
+		for _, id := range e.Chunks {
+			if _, ok := r.lookup(id); !ok {
+				return fmt.Errorf("%s references chunk %s, which the repository does not have: %w", e.Path, id, ErrCorrupt)
+			}
+		}
+	}
+	for _, st := range t.Streams {
+		for _, id := range st.Chunks {
+			if _, ok := r.lookup(id); !ok {
+				return fmt.Errorf("stream %s references chunk %s, which the repository does not have: %w", st.Name, id, ErrCorrupt)
+			}
+		}
+	}
+	return nil
+}
+
+// checkPaths refuses a tree that could write outside the target: paths
+// that are absolute, climb with "..", appear twice, or lie below anything
+// but a directory entry before them (never through a symlink), hardlinks
+// to anything but an earlier file, and kinds it does not know.
+func checkPaths(t *Tree) error {
 	seen := map[string]string{} // path -> kind
 	for i, e := range t.Entries {
 		if e.Path == "." {
@@ -133,19 +159,11 @@ func (r *Repository) checkTree(t *Tree) error {
 		if _, dup := seen[e.Path]; dup {
 			return fmt.Errorf("%w: path %q appears twice", ErrHostile, e.Path)
 		}
-		// Every parent must be a directory entry seen before: never a
-		// symlink, so nothing is written through one.
 		if dir := path.Dir(e.Path); dir != "." && seen[dir] != KindDir {
 			return fmt.Errorf("%w: %q is not inside a directory of the snapshot", ErrHostile, e.Path)
 		}
 		switch e.Kind {
-		case KindDir, KindSymlink:
-		case KindFile:
-			for _, id := range e.Chunks {
-				if _, ok := r.lookup(id); !ok {
-					return fmt.Errorf("%s references chunk %s, which the repository does not have: %w", e.Path, id, ErrCorrupt)
-				}
-			}
+		case KindDir, KindSymlink, KindFile:
 		case KindHardlink:
 			if seen[e.Target] != KindFile {
 				return fmt.Errorf("%w: hardlink %q to %q, not an earlier file", ErrHostile, e.Path, e.Target)
@@ -154,13 +172,6 @@ func (r *Repository) checkTree(t *Tree) error {
 			return fmt.Errorf("%w: %q has unknown kind %q", ErrCorrupt, e.Path, e.Kind)
 		}
 		seen[e.Path] = e.Kind
-	}
-	for _, st := range t.Streams {
-		for _, id := range st.Chunks {
-			if _, ok := r.lookup(id); !ok {
-				return fmt.Errorf("stream %s references chunk %s, which the repository does not have: %w", st.Name, id, ErrCorrupt)
-			}
-		}
 	}
 	return nil
 }

@@ -228,7 +228,7 @@ func Verify(ctx context.Context, r *Repository, opts VerifyOptions) (*VerifyRepo
 			return nil
 		}
 		snapshots.Add(1)
-		if err := r.checkTree(withoutChunks(t)); err != nil {
+		if err := checkPaths(t); err != nil {
 			rep.problem(key, "tree %s: %v", m.TreeKey, err)
 		}
 		missing := 0
@@ -419,17 +419,6 @@ func (r *Repository) parsePack(data []byte) ([]packEntry, error) {
 		return nil, fmt.Errorf("pack: %w", err)
 	}
 	return entries, nil
-}
-
-// withoutChunks is t with no chunk references, for checking its paths and
-// kinds alone (Verify checks chunks against its own reading of the index).
-func withoutChunks(t *Tree) *Tree {
-	c := &Tree{Version: t.Version, Entries: make([]Entry, len(t.Entries))}
-	for i, e := range t.Entries {
-		e.Chunks = nil
-		c.Entries[i] = e
-	}
-	return c
 }
 
 // RepairResult reports what RepairIndex did.
