@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -324,31 +325,53 @@ type target struct {
 // outFile is a regular file being restored. The download worker that
 // writes its first chunk creates it (creating ten thousand files one after
 // another before any download started was most of a restore's time); it
-// stays open for its other chunks and is closed after its last.
+// stays open for its other chunks and is closed after its last. It is a
+// raw descriptor, not an os.File: the runtime's poller registration and
+// blocking-mode switches cost five system calls per file, as many as the
+// file's own work; and its metadata is set through the descriptor, not
+// by path.
 type outFile struct {
 	path      string
 	size      int64
 	entry     *Entry
 	owners    bool // restore ownership (running as root)
 	once      sync.Once
-	f         *os.File
+	fd        int // -1 until open succeeded
 	err       error
+	holes     atomic.Bool  // an all-zero chunk was skipped, not written
 	remaining atomic.Int64 // chunk writes still to come
 }
 
-// open creates the file (exclusively, never through a symlink) and sizes
-// it, so all-zero chunks that are skipped become holes.
-func (o *outFile) open() (*os.File, error) {
+// open creates the file, exclusively and never through a symlink.
+func (o *outFile) open() (int, error) {
 	o.once.Do(func() {
-		f, err := os.OpenFile(o.path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
-		if err == nil && o.size > 0 {
-			if err = f.Truncate(o.size); err != nil {
-				f.Close()
-			}
+		fd, err := unix.Open(o.path, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			o.fd, o.err = -1, &os.PathError{Op: "open", Path: o.path, Err: err}
+			return
 		}
-		o.f, o.err = f, err
+		o.fd = fd
 	})
-	return o.f, o.err
+	return o.fd, o.err
+}
+
+// write writes b at off and asks the kernel to start writing it back.
+func (o *outFile) write(fd int, b []byte, off int64) error {
+	start, n := off, int64(len(b))
+	for len(b) > 0 {
+		w, err := unix.Pwrite(fd, b, off)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return &os.PathError{Op: "write", Path: o.path, Err: err}
+		case w == 0:
+			return &os.PathError{Op: "write", Path: o.path, Err: io.ErrShortWrite}
+		}
+		b, off = b[w:], off+int64(w)
+	}
+	startWriteback(fd, start, n)
+	return nil
 }
 
 // done counts one chunk written; after the last it closes the file and
@@ -360,16 +383,46 @@ func (o *outFile) done() error {
 	return o.finish()
 }
 
-// finish closes the file and applies its owner, mode, xattrs and times:
-// in the download workers, in parallel, rather than in the serial pass
-// at the end (a tenth of a restore of ten thousand files). No symlink of
-// the snapshot exists yet, so nothing is applied through one.
+// finish sizes the file when skipped zero chunks left its end unwritten
+// (a hole), applies its owner, xattrs, mode and times and closes it: in
+// the download workers, in parallel, rather than in a serial pass at the
+// end (a tenth of a restore of ten thousand files).
 func (o *outFile) finish() error {
-	if err := o.f.Close(); err != nil {
-		return err
+	err := o.setMeta()
+	if cerr := unix.Close(o.fd); err == nil && cerr != nil {
+		err = &os.PathError{Op: "close", Path: o.path, Err: cerr}
 	}
-	if err := applyMeta(o.path, *o.entry, o.owners); err != nil {
+	if err != nil {
 		return fmt.Errorf("%s: %w", o.entry.Path, err)
+	}
+	return nil
+}
+
+func (o *outFile) setMeta() error {
+	e := o.entry
+	if o.holes.Load() {
+		if err := unix.Ftruncate(o.fd, o.size); err != nil {
+			return fmt.Errorf("truncate: %w", err)
+		}
+	}
+	if o.owners {
+		if err := unix.Fchown(o.fd, int(e.UID), int(e.GID)); err != nil {
+			return fmt.Errorf("chown: %w", err)
+		}
+	}
+	for name, val := range e.Xattrs {
+		if err := unix.Fsetxattr(o.fd, name, val, 0); err != nil && !errors.Is(err, unix.ENOTSUP) && !errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("xattr %s: %w", name, err)
+		}
+	}
+	// The mode after the owner: chown clears set-user-id bits.
+	if err := unix.Fchmod(o.fd, unixMode(e.Mode)); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	ts := [2]unix.Timespec{unix.NsecToTimespec(e.MTime), unix.NsecToTimespec(e.MTime)}
+	// utimensat(fd, NULL, ...), which x/sys/unix does not offer by name.
+	if _, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(o.fd), 0, uintptr(unsafe.Pointer(&ts)), 0, 0, 0); errno != 0 {
+		return fmt.Errorf("set times: %w", errno)
 	}
 	return nil
 }
@@ -415,8 +468,8 @@ func (r *Repository) restoreTree(ctx context.Context, req RestoreRequest, m *Man
 	var files []*outFile
 	defer func() {
 		for _, o := range files { // on error: close what is still open
-			if o.remaining.Load() > 0 && o.f != nil {
-				o.f.Close()
+			if o.remaining.Load() > 0 && o.fd >= 0 {
+				unix.Close(o.fd)
 			}
 		}
 	}()
@@ -431,7 +484,7 @@ func (r *Repository) restoreTree(ctx context.Context, req RestoreRequest, m *Man
 				}
 			}
 		case KindFile:
-			out := &outFile{path: abs, size: e.Size, entry: &t.Entries[i], owners: owners}
+			out := &outFile{path: abs, size: e.Size, entry: &t.Entries[i], owners: owners, fd: -1}
 			out.remaining.Store(int64(len(e.Chunks)))
 			files = append(files, out)
 			res.Files++
@@ -460,7 +513,7 @@ func (r *Repository) restoreTree(ctx context.Context, req RestoreRequest, m *Man
 	// Files without chunks (empty ones).
 	var unopened []*outFile
 	for _, o := range files {
-		if o.f == nil && o.err == nil {
+		if len(o.entry.Chunks) == 0 {
 			unopened = append(unopened, o)
 		}
 	}
@@ -515,22 +568,28 @@ func applyMeta(abs string, e Entry, owners bool) error {
 		}
 	}
 	if e.Kind != KindSymlink {
-		mode := fs.FileMode(e.Mode) & fs.ModePerm
-		if e.Mode&uint32(fs.ModeSetuid) != 0 {
-			mode |= fs.ModeSetuid
-		}
-		if e.Mode&uint32(fs.ModeSetgid) != 0 {
-			mode |= fs.ModeSetgid
-		}
-		if e.Mode&uint32(fs.ModeSticky) != 0 {
-			mode |= fs.ModeSticky
-		}
-		if err := os.Chmod(abs, mode); err != nil {
-			return err
+		if err := unix.Chmod(abs, unixMode(e.Mode)); err != nil {
+			return &os.PathError{Op: "chmod", Path: abs, Err: err}
 		}
 	}
 	ts := []unix.Timespec{unix.NsecToTimespec(e.MTime), unix.NsecToTimespec(e.MTime)}
 	return unix.UtimesNanoAt(unix.AT_FDCWD, abs, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// unixMode is the chmod(2) mode of an entry's mode (Go's fs.FileMode
+// bits): permissions, set-user-id, set-group-id and sticky.
+func unixMode(m uint32) uint32 {
+	mode := m & uint32(fs.ModePerm)
+	if m&uint32(fs.ModeSetuid) != 0 {
+		mode |= unix.S_ISUID
+	}
+	if m&uint32(fs.ModeSetgid) != 0 {
+		mode |= unix.S_ISGID
+	}
+	if m&uint32(fs.ModeSticky) != 0 {
+		mode |= unix.S_ISVTX
+	}
+	return mode
 }
 
 // rangeGap merges blobs of a pack into one GET when less than this lies
@@ -603,15 +662,14 @@ func (r *Repository) downloadPacks(ctx context.Context, byPack map[string]map[Ch
 			}
 			zero := allZero(plain)
 			for _, tg := range f.targets {
-				fh, err := tg.file.open()
+				fd, err := tg.file.open()
 				if err != nil {
 					return err
 				}
-				if !zero {
-					if _, err := fh.WriteAt(plain, tg.off); err != nil {
-						return err
-					}
-					startWriteback(fh, tg.off, int64(len(plain)))
+				if zero {
+					tg.file.holes.Store(true)
+				} else if err := tg.file.write(fd, plain, tg.off); err != nil {
+					return err
 				}
 				if err := tg.file.done(); err != nil {
 					return err
@@ -663,8 +721,8 @@ func (r *Repository) openBlob(buf *[]byte, id ChunkID, ref BlobRef, stored []byt
 // threshold (gigabytes on a large machine) leaves all of its disk writes
 // to that final sync, one after the other instead of overlapping with the
 // downloads. It is a hint: file systems without it are no worse off.
-func startWriteback(f *os.File, off, n int64) {
-	unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+func startWriteback(fd int, off, n int64) {
+	unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
 
 func allZero(b []byte) bool {

@@ -89,6 +89,12 @@ func makeTree(t *testing.T, dir string) {
 	f.WriteAt([]byte("in the middle"), 1<<20)
 	f.WriteAt([]byte("at the end"), 8<<20-10)
 	f.Close()
+	// One that ends in a hole: only truncate gives it its size back.
+	f, err = os.Create(filepath.Join(dir, "tail-hole.img"))
+	must(err)
+	f.WriteAt([]byte("only at the start"), 0)
+	must(f.Truncate(6 << 20))
+	f.Close()
 	must(syscall.Mkfifo(filepath.Join(dir, "a-fifo"), 0o600))
 	if os.Geteuid() == 0 {
 		must(os.Lchown(filepath.Join(dir, "small.txt"), 1234, 5678))
