@@ -220,8 +220,8 @@ func (r Runner) Run(ctx context.Context, h Hook, vars map[string]string, opts ..
 	cmd.Dir = h.Dir
 	cmd.Env = r.environ(h, vars, u, outPath, inPath, o.metadata)
 	attr := &syscall.SysProcAttr{Setpgid: true}
-	if u != nil && (u.Uid != uint32(os.Geteuid()) || u.Gid != uint32(os.Getegid())) {
-		attr.Credential = &syscall.Credential{Uid: u.Uid, Gid: u.Gid, Groups: u.Groups}
+	if u != nil {
+		attr.Credential = u.Credential()
 	}
 	cmd.SysProcAttr = attr
 
@@ -319,12 +319,9 @@ func (r Runner) environ(h Hook, vars map[string]string, u *process.User, outPath
 	}
 	env := newEnvList(base)
 	if u != nil {
-		if u.Home != "" {
-			env.set("HOME", u.Home)
-		}
-		if u.Name != "" {
-			env.set("USER", u.Name)
-			env.set("LOGNAME", u.Name)
+		for _, kv := range u.LoginEnv() {
+			k, v, _ := strings.Cut(kv, "=")
+			env.set(k, v)
 		}
 	}
 	for _, k := range sortedKeys(h.Env) {

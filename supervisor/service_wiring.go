@@ -140,15 +140,8 @@ func (s *Supervisor) serviceCheckEnv() ([]string, *syscall.Credential, error) {
 			if err != nil {
 				return nil, nil, err
 			}
-			if int(u.Uid) != syscall.Geteuid() || int(u.Gid) != syscall.Getegid() {
-				cred = &syscall.Credential{Uid: u.Uid, Gid: u.Gid, Groups: u.Groups}
-			}
-			if u.Home != "" {
-				env = append(env, "HOME="+u.Home)
-			}
-			if u.Name != "" {
-				env = append(env, "USER="+u.Name, "LOGNAME="+u.Name)
-			}
+			cred = u.Credential()
+			env = append(env, u.LoginEnv()...)
 		}
 	}
 	env = append(env, s.secretsEnv()...)

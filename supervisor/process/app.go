@@ -266,15 +266,10 @@ func (a *App) command() (*exec.Cmd, error) {
 		if err != nil {
 			return nil, &StartError{Command: name, Status: 126, Err: err}
 		}
-		if u.Uid != uint32(os.Geteuid()) || u.Gid != uint32(os.Getegid()) {
-			attr.Credential = &syscall.Credential{Uid: u.Uid, Gid: u.Gid, Groups: u.Groups}
-		}
-		if u.Home != "" {
-			env = setEnv(env, "HOME", u.Home)
-		}
-		if u.Name != "" {
-			env = setEnv(env, "USER", u.Name)
-			env = setEnv(env, "LOGNAME", u.Name)
+		attr.Credential = u.Credential()
+		for _, kv := range u.LoginEnv() {
+			k, v, _ := cutEnv(kv)
+			env = setEnv(env, k, v)
 		}
 	}
 	for _, kv := range a.spec.Env {

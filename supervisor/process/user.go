@@ -2,9 +2,11 @@ package process
 
 import (
 	"fmt"
+	"os"
 	"os/user"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // User is a resolved user to run a process as.
@@ -14,6 +16,28 @@ type User struct {
 	Gid    uint32
 	Groups []uint32 // supplementary groups
 	Home   string
+}
+
+// Credential is what a process started as u needs: nil when u is who
+// lifeboat runs as already.
+func (u *User) Credential() *syscall.Credential {
+	if u.Uid == uint32(os.Geteuid()) && u.Gid == uint32(os.Getegid()) {
+		return nil
+	}
+	return &syscall.Credential{Uid: u.Uid, Gid: u.Gid, Groups: u.Groups}
+}
+
+// LoginEnv is the HOME, USER and LOGNAME ("KEY=value") a login as u sets,
+// as far as /etc/passwd knows them.
+func (u *User) LoginEnv() []string {
+	var env []string
+	if u.Home != "" {
+		env = append(env, "HOME="+u.Home)
+	}
+	if u.Name != "" {
+		env = append(env, "USER="+u.Name, "LOGNAME="+u.Name)
+	}
+	return env
 }
 
 // LookupUser resolves "name", "uid", "name:group" or "uid:gid" through
