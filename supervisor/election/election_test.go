@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -397,18 +398,43 @@ func electionChecks(t *testing.T, cl *api.Client, n *node) []string {
 		t.Fatal(err)
 	}
 	var ids []string
-	for id := range checks {
-		if strings.HasPrefix(id, n.e.servicePrefix()) {
-			ids = append(ids, "check "+id)
+	for id, svc := range services {
+		if n.e.ownService(svc) {
+			ids = append(ids, "service "+id)
 		}
 	}
-	for id := range services {
-		if strings.HasPrefix(id, n.e.servicePrefix()) {
-			ids = append(ids, "service "+id)
+	for id, ch := range checks {
+		if strings.HasPrefix(id, n.e.servicePrefix()) || services[ch.ServiceID] != nil && n.e.ownService(services[ch.ServiceID]) {
+			ids = append(ids, "check "+id)
 		}
 	}
 	return ids
 }
+
+// Node ids that extend one another ("db", "db-replica") on one agent:
+// a new session of one never removes the other's check.
+func TestNodeIDPrefixesStayApart(t *testing.T) {
+	t.Parallel()
+	c := testrig.StartConsul(t)
+	cl := consulClient(t, c.HTTPAddr)
+	replica := startNode(t, c.HTTPAddr, "db-replica", nil, nil)
+	waitFor(t, 10*time.Second, "db-replica leads", func() bool { return replica.e.IsLeader() })
+	before := electionChecks(t, cl, replica)
+	db := startNode(t, c.HTTPAddr, "db", nil, nil)
+	waitFor(t, 10*time.Second, "db follows", func() bool { return db.e.Role() == RoleFollower })
+	// db's next session (as after a restart) drops only db's old one.
+	db.stop()
+	db2 := startNode(t, c.HTTPAddr, "db", nil, nil)
+	waitFor(t, 10*time.Second, "db follows again", func() bool { return db2.e.Role() == RoleFollower })
+	if after := electionChecks(t, cl, replica); !slices.Equal(sorted(before), sorted(after)) {
+		t.Fatalf("db-replica's election checks went from %v to %v", before, after)
+	}
+	if !replica.e.IsLeader() || replica.e.Status().Terms != 1 {
+		t.Fatalf("db-replica lost its term: %+v", replica.e.Status())
+	}
+}
+
+func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
 
 // A Release that gives up waiting (the leader is stuck in a hook) still
 // hands the lock over as soon as the election stops, not a ttl later.

@@ -51,7 +51,7 @@ func (e *Elector) Run(ctx context.Context) error {
 		e.mu.Unlock()
 		sitOut := e.serve(ctx, s)
 		if ctx.Err() != nil {
-			break // keep e.sess: Release gives it up, a crash-like stop leaves it to expire
+			break // keep e.sess: given up below after Release, else left to expire as after a crash
 		}
 		e.closeSession(s, true)
 		e.mu.Lock()

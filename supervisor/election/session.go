@@ -60,7 +60,9 @@ const reapAfter = time.Minute
 // last state of a re-registered TTL check, and a critical check left by a
 // crashed run would refuse the new session. The key (which holds "/", not
 // allowed in an id) is in the prefix as a hash, the node id as itself with
-// anything but letters, digits, '.', '-' and '_' replaced.
+// anything but letters, digits, '.', '-' and '_' replaced: for people
+// reading the agent's list. Which services are this node's, ownService
+// decides.
 func (e *Elector) servicePrefix() string {
 	node := strings.Map(func(r rune) rune {
 		if r == '.' || r == '-' || r == '_' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' {
@@ -70,6 +72,13 @@ func (e *Elector) servicePrefix() string {
 	}, e.opts.NodeID)
 	sum := sha256.Sum256([]byte(e.opts.Key))
 	return ServiceName + "-" + hex.EncodeToString(sum[:4]) + "-" + node + "-"
+}
+
+// ownService reports whether svc is an election service of this node and
+// key: by its meta, since node ids may hold the id's separator ("db" and
+// "db-replica") and the id's form of a node id is not unique.
+func (e *Elector) ownService(svc *api.AgentService) bool {
+	return svc.Service == ServiceName && svc.Meta["key"] == e.opts.Key && svc.Meta["node"] == e.opts.NodeID
 }
 
 // dropStale deregisters the election services (and so their checks) an
@@ -82,8 +91,8 @@ func (e *Elector) dropStale(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list the Consul agent's services: %w", err)
 	}
-	for id := range services {
-		if strings.HasPrefix(id, e.servicePrefix()) {
+	for id, svc := range services {
+		if e.ownService(svc) {
 			if err := e.client.Agent().ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
 				return fmt.Errorf("deregister stale election service %q: %w", id, err)
 			}
