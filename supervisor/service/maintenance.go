@@ -37,6 +37,10 @@ func (r *Registration) SetMaintenance(ctx context.Context, enable bool, reason s
 		reason = ""
 	}
 	r.mu.Lock()
+	if !enable && r.draining && r.checker == nil {
+		r.mu.Unlock()
+		return fmt.Errorf("service %s stays in maintenance mode: it is draining, lifeboat is shutting down", r.id)
+	}
 	prev, prevReason := r.maint, r.maintReason
 	r.maint, r.maintReason = enable, reason
 	reg := r.registered

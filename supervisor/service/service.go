@@ -292,15 +292,12 @@ func (r *Registration) Drain(ctx context.Context, reason string) error {
 	}
 	res := Result{State: StateCritical, Output: out, At: time.Now()}
 	r.record(res)
-	if !reg {
-		return nil
-	}
 	if r.checker == nil {
-		ctx, cancel := context.WithTimeout(ctx, r.opts.RequestTimeout)
-		defer cancel()
-		if err := r.opts.Client.Agent().EnableServiceMaintenanceOpts(r.id, out, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-			return fmt.Errorf("draining service %s: maintenance mode on the Consul agent: %w", r.id, err)
-		}
+		// No check to fail. Maintenance mode is kept across
+		// re-registrations, and cannot be lifted while draining.
+		return r.SetMaintenance(ctx, true, out)
+	}
+	if !reg {
 		return nil
 	}
 	return r.updateTTL(ctx, res)

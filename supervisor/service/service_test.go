@@ -486,6 +486,53 @@ func TestService(t *testing.T) {
 		if ch := checks["_service_maintenance:drain-nocheck"]; ch == nil || ch.Status != api.HealthCritical || !strings.Contains(ch.Notes, "lifeboat is shutting down: SIGTERM") {
 			t.Fatalf("maintenance check after Drain: %+v", ch)
 		}
+		if st := r.Status(); !st.Maintenance || !strings.Contains(st.MaintenanceReason, "shutting down") {
+			t.Errorf("status after Drain: maintenance %v %q", st.Maintenance, st.MaintenanceReason)
+		}
+		if err := r.SetMaintenance(context.Background(), false, ""); err == nil {
+			t.Error("maintenance lifted while draining")
+		}
+		// The agent forgets the service: the keeper registers it again,
+		// still in maintenance.
+		if err := cl.Agent().ServiceDeregister("drain-nocheck"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "registered again, in maintenance", func() error {
+			checks, err := cl.Agent().Checks()
+			if err != nil {
+				return err
+			}
+			if checks["_service_maintenance:drain-nocheck"] == nil {
+				return errors.New("no maintenance check")
+			}
+			if passing() != 0 {
+				return errors.New("passing")
+			}
+			return nil
+		})
+	})
+
+	t.Run("DrainBeforeRegistrationHolds", func(t *testing.T) {
+		r, err := service.New(service.Options{Client: cl, Name: "drain-early", ID: "drain-early"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Drain(context.Background(), "SIGTERM"); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- r.Run(context.Background()) }()
+		defer func() { r.Close(context.Background()); <-done }()
+		waitFor(t, "registered in maintenance", func() error {
+			checks, err := cl.Agent().Checks()
+			if err != nil {
+				return err
+			}
+			if checks["_service_maintenance:drain-early"] == nil {
+				return errors.New("no maintenance check")
+			}
+			return nil
+		})
 	})
 
 	t.Run("ChangedOutsideLifeboatIsRepaired", func(t *testing.T) {
