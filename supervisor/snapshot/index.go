@@ -192,19 +192,20 @@ func (r *Repository) addIndex(idx *indexFile) {
 	}
 }
 
-// writeIndex stores the index of a backup's new packs and adds it to the
-// in-memory index.
+// writeIndex stores the index of a backup's new packs, split as
+// writeIndexes does, and adds each object to the in-memory index as soon
+// as it is stored (one that failed after others leaves those known).
 func (r *Repository) writeIndex(ctx context.Context, packs []indexPack) error {
-	keys, err := r.writeIndexes(ctx, packs)
-	if err != nil {
-		return err
+	for _, group := range splitIndex(packs) {
+		key, err := r.putIndex(ctx, group)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.addIndex(&indexFile{Version: 1, Packs: group})
+		r.indexes[key] = true
+		r.mu.Unlock()
 	}
-	r.mu.Lock()
-	r.addIndex(&indexFile{Version: 1, Packs: packs})
-	for k := range keys {
-		r.indexes[k] = true
-	}
-	r.mu.Unlock()
 	return nil
 }
 
@@ -235,17 +236,26 @@ func splitIndex(packs []indexPack) [][]indexPack {
 func (r *Repository) writeIndexes(ctx context.Context, packs []indexPack) (map[string]bool, error) {
 	keys := map[string]bool{}
 	for _, group := range splitIndex(packs) {
-		b, err := r.encodeObject("index", &indexFile{Version: 1, Packs: group})
+		key, err := r.putIndex(ctx, group)
 		if err != nil {
 			return nil, err
-		}
-		key := indexPrefix + randomID(16)
-		if err := r.store.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
-			return nil, fmt.Errorf("write index %s: %w", key, err)
 		}
 		keys[key] = true
 	}
 	return keys, nil
+}
+
+// putIndex stores packs as one new index object and returns its key.
+func (r *Repository) putIndex(ctx context.Context, packs []indexPack) (string, error) {
+	b, err := r.encodeObject("index", &indexFile{Version: 1, Packs: packs})
+	if err != nil {
+		return "", err
+	}
+	key := indexPrefix + randomID(16)
+	if err := r.store.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
+		return "", fmt.Errorf("write index %s: %w", key, err)
+	}
+	return key, nil
 }
 
 // lookup finds a chunk.
