@@ -497,19 +497,10 @@ func TestService(t *testing.T) {
 		if err := cl.Agent().ServiceDeregister("drain-nocheck"); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "registered again, in maintenance", func() error {
-			checks, err := cl.Agent().Checks()
-			if err != nil {
-				return err
-			}
-			if checks["_service_maintenance:drain-nocheck"] == nil {
-				return errors.New("no maintenance check")
-			}
-			if passing() != 0 {
-				return errors.New("passing")
-			}
-			return nil
-		})
+		checkIs(t, cl, "_service_maintenance:drain-nocheck", api.HealthCritical, "")
+		if n := passing(); n != 0 {
+			t.Fatalf("%d passing instances after the re-registration, want 0", n)
+		}
 	})
 
 	t.Run("DrainBeforeRegistrationHolds", func(t *testing.T) {
@@ -523,16 +514,7 @@ func TestService(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- r.Run(context.Background()) }()
 		defer func() { r.Close(context.Background()); <-done }()
-		waitFor(t, "registered in maintenance", func() error {
-			checks, err := cl.Agent().Checks()
-			if err != nil {
-				return err
-			}
-			if checks["_service_maintenance:drain-early"] == nil {
-				return errors.New("no maintenance check")
-			}
-			return nil
-		})
+		checkIs(t, cl, "_service_maintenance:drain-early", api.HealthCritical, "")
 	})
 
 	t.Run("ChangedOutsideLifeboatIsRepaired", func(t *testing.T) {
