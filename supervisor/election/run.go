@@ -53,7 +53,7 @@ func (e *Elector) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			break // keep e.sess: given up below after Release, else left to expire as after a crash
 		}
-		e.closeSession(s, true)
+		e.closeSession(s)
 		e.mu.Lock()
 		e.sess = nil
 		e.mu.Unlock()
@@ -90,7 +90,7 @@ func (e *Elector) giveUp(s *session) {
 		return
 	}
 	e.log.Info("election: releasing leadership", "session", s.id)
-	e.closeSession(s, true)
+	e.closeSession(s)
 	e.log.Info("election: leadership released", "session", s.id)
 }
 

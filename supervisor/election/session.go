@@ -19,8 +19,8 @@ import (
 // session is one Consul session of this node with the agent TTL check it
 // depends on, and the heartbeat that keeps both alive.
 type session struct {
-	id      string
-	checkID string // also the id of the check's service
+	id        string
+	serviceID string // the service carrying the TTL check, and the check's id
 
 	lastOK   atomic.Int64 // unix nanos at which the last good heartbeat was sent
 	gone     chan struct{}
@@ -87,7 +87,7 @@ func (e *Elector) ownService(svc *api.AgentService) bool {
 // check frees a lock such a run still held, after lock_delay, instead of
 // after ttl.
 func (e *Elector) dropStale(ctx context.Context) error {
-	services, err := e.client.Agent().ServicesWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
+	services, err := e.client.Agent().ServicesWithFilterOpts(fmt.Sprintf("Service == %q", ServiceName), (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("list the Consul agent's services: %w", err)
 	}
@@ -149,7 +149,7 @@ func (e *Elector) openSession(ctx context.Context) (*session, error) {
 		e.deregister(serviceID)
 		return nil, fmt.Errorf("create Consul session for election key %q: empty session id", e.opts.Key)
 	}
-	s := &session{id: out.ID, checkID: serviceID, gone: make(chan struct{}), done: make(chan struct{})}
+	s := &session{id: out.ID, serviceID: serviceID, gone: make(chan struct{}), done: make(chan struct{})}
 	s.lastOK.Store(t0.UnixNano())
 	hctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
@@ -231,13 +231,13 @@ var errSessionGone = errors.New("session no longer exists")
 func (e *Elector) renew(ctx context.Context, s *session) error {
 	cctx, cancel := context.WithTimeout(ctx, e.requestTimeout())
 	defer cancel()
-	if err := e.client.Agent().UpdateTTLOpts(s.checkID, "", api.HealthPassing, (&api.QueryOptions{}).WithContext(cctx)); err != nil {
+	if err := e.client.Agent().UpdateTTLOpts(s.serviceID, "", api.HealthPassing, (&api.QueryOptions{}).WithContext(cctx)); err != nil {
 		if consul.IsUnknownCheck(err) {
 			// The agent forgot the check (restarted without state): the
 			// session depending on it is invalid or about to be.
-			return fmt.Errorf("%w: agent does not know check %q: %v", errSessionGone, s.checkID, err)
+			return fmt.Errorf("%w: agent does not know check %q: %v", errSessionGone, s.serviceID, err)
 		}
-		return fmt.Errorf("refresh election check %q: %w", s.checkID, err)
+		return fmt.Errorf("refresh election check %q: %w", s.serviceID, err)
 	}
 	entry, _, err := e.client.Session().Renew(s.id, (&api.WriteOptions{}).WithContext(cctx))
 	if err != nil {
@@ -249,16 +249,13 @@ func (e *Elector) renew(ctx context.Context, s *session) error {
 	return nil
 }
 
-// closeSession stops the heartbeat and, when give is true, gives the
-// session up: releases the key if it holds it (at once, no lock_delay),
-// destroys the session and deregisters the check. Each request is
-// best-effort and bounded: an unreachable Consul expires them anyway.
-func (e *Elector) closeSession(s *session, give bool) {
+// closeSession stops the heartbeat and gives the session up: releases
+// the key if it holds it (at once, no lock_delay), destroys the session
+// and deregisters the check's service. Each request is best-effort and
+// bounded: an unreachable Consul expires them anyway.
+func (e *Elector) closeSession(s *session) {
 	s.stop()
 	<-s.done
-	if !give {
-		return
-	}
 	kv := e.client.KV()
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	if _, _, err := kv.Release(&api.KVPair{Key: e.opts.Key, Value: e.value, Session: s.id}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
@@ -270,5 +267,5 @@ func (e *Elector) closeSession(s *session, give bool) {
 		e.log.Debug("election: destroying the session failed; it expires after its TTL", "session", s.id, "error", err)
 	}
 	cancel()
-	e.deregister(s.checkID)
+	e.deregister(s.serviceID)
 }
