@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/lifeboat/lifeboat/hooks"
 	"github.com/lifeboat/lifeboat/supervisor/consul"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -339,6 +340,11 @@ func (r *Registration) keep(ctx context.Context) {
 		r.wake = cancelWait
 		dirty := r.dirty
 		r.mu.Unlock()
+		// pause waits out the backoff (or a kick) and doubles it.
+		pause := func() {
+			sleep(wctx, backoff)
+			backoff = min(backoff*2, r.opts.RetryMax)
+		}
 
 		if dirty {
 			if err := r.register(ctx); err != nil {
@@ -349,9 +355,8 @@ func (r *Registration) keep(ctx context.Context) {
 				r.m.registerErrors.Inc()
 				r.setErr(err)
 				r.log.Warn("service registration failed; retrying", "error", err, "retry_in", backoff.String())
-				sleep(wctx, backoff)
+				pause()
 				cancelWait()
-				backoff = min(backoff*2, r.opts.RetryMax)
 				continue
 			}
 			// The backoff is reset only once the agent shows the
@@ -376,8 +381,7 @@ func (r *Registration) keep(ctx context.Context) {
 		case err != nil:
 			r.setErr(fmt.Errorf("watching the service on the Consul agent: %w", err))
 			r.log.Warn("cannot reach the Consul agent; retrying", "error", err, "retry_in", backoff.String())
-			sleep(wctx, backoff)
-			backoff = min(backoff*2, r.opts.RetryMax)
+			pause()
 			hash = "" // ask at once when it answers again
 		default:
 			hash = qm.LastContentHash
@@ -390,14 +394,18 @@ func (r *Registration) keep(ctx context.Context) {
 			// that keeps changing it (or an agent that does not keep what
 			// lifeboat sends) must not make lifeboat loop hot.
 			r.log.Warn("the service's registration on the agent was changed outside lifeboat; registering it again", "retry_in", backoff.String())
-			r.mu.Lock()
-			r.dirty = true
-			r.mu.Unlock()
-			sleep(wctx, backoff)
-			backoff = min(backoff*2, r.opts.RetryMax)
+			r.markDirty()
+			pause()
 		}
 		cancelWait()
 	}
+}
+
+// markDirty records that the registration must be sent again.
+func (r *Registration) markDirty() {
+	r.mu.Lock()
+	r.dirty = true
+	r.mu.Unlock()
 }
 
 // markForgotten records that the agent lost the registration.
@@ -472,9 +480,7 @@ func (r *Registration) register(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, r.opts.RequestTimeout)
 	defer cancel()
 	if err := r.opts.Client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: replace}.WithContext(rctx)); err != nil {
-		r.mu.Lock()
-		r.dirty = true
-		r.mu.Unlock()
+		r.markDirty()
 		return fmt.Errorf("registering service %s with the Consul agent: %w", r.id, err)
 	}
 	// From here on the agent has the service (Close deregisters it). What
@@ -504,7 +510,7 @@ func (r *Registration) register(ctx context.Context) error {
 	// registered, and this registration carried the mode read at its
 	// start: a change made meanwhile must be sent with the next one.
 	maintChanged := r.maint != maint || r.maintReason != reason
-	if incomplete != nil || maintChanged {
+	if incomplete != nil {
 		r.dirty = true
 	}
 	r.mu.Unlock()
@@ -535,7 +541,7 @@ func (r *Registration) checkLoop(ctx context.Context) {
 			return
 		}
 		r.mu.Lock()
-		env := []string{"LIFEBOAT_ROLE=" + r.role}
+		env := []string{hooks.VarRole + "=" + r.role}
 		r.mu.Unlock()
 		res := r.checker.run(ctx, env)
 		if ctx.Err() != nil || !r.report(ctx, res) {
