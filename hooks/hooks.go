@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -317,13 +318,10 @@ func (r Runner) environ(h Hook, vars map[string]string, u *process.User, outPath
 	if base == nil {
 		base = os.Environ()
 	}
-	env := newEnvList(base)
 	if u != nil {
-		for _, kv := range u.LoginEnv() {
-			k, v, _ := strings.Cut(kv, "=")
-			env.set(k, v)
-		}
+		base = append(slices.Clip(base), u.LoginEnv()...)
 	}
+	env := newEnvList(base)
 	for _, k := range sortedKeys(h.Env) {
 		env.set(k, h.Env[k])
 	}

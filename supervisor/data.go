@@ -168,8 +168,8 @@ func (s *Supervisor) openData(ctx context.Context) error {
 
 // retryUntil calls try until it returns nil or an error final accepts, or
 // ctx ends (then try's last error is returned), waiting between attempts
-// from initial, doubling up to max, and logging each failure with msg.
-func retryUntil(ctx context.Context, log *slog.Logger, msg string, initial, max time.Duration, final func(error) bool, try func() error) error {
+// from initial, doubling up to maxBackoff, and logging each failure with msg.
+func retryUntil(ctx context.Context, log *slog.Logger, msg string, initial, maxBackoff time.Duration, final func(error) bool, try func() error) error {
 	backoff := initial
 	for {
 		err := try()
@@ -184,25 +184,21 @@ func retryUntil(ctx context.Context, log *slog.Logger, msg string, initial, max 
 			return err
 		case <-t.C:
 		}
-		backoff = min(2*backoff, max)
+		backoff = min(2*backoff, maxBackoff)
 	}
 }
 
 // retryableOpen tells a store that may come back from a mistake that
 // will not go away by waiting.
 func retryableOpen(err error) bool {
-	var ue usageError
-	return !errors.As(err, &ue) && !errors.Is(err, snapshot.ErrCorrupt)
+	return !IsConfigError(err) && !errors.Is(err, snapshot.ErrCorrupt)
 }
 
 func (s *Supervisor) openDataOnce(ctx context.Context, key []byte) error {
 	st := s.cfg.Store
-	store, err := storage.Open(ctx, st.URL, StoreOptions(st))
-	if storage.IsConfigError(err) {
-		return usageError{fmt.Errorf("open store %s: %w", config.RedactURL(st.URL), err)}
-	}
+	store, err := OpenStore(ctx, st)
 	if err != nil {
-		return fmt.Errorf("open store %s: %w", config.RedactURL(st.URL), err)
+		return err
 	}
 	repo, err := snapshot.Open(ctx, store, snapshot.Options{Key: key, Create: true, Logger: s.log,
 		Starter: process.CodeStarter{Reaper: s.reaper}, Concurrency: DefaultTransferConcurrency})
@@ -220,9 +216,23 @@ func (s *Supervisor) openDataOnce(ctx context.Context, key []byte) error {
 	return nil
 }
 
-// StoreOptions maps the store block to the backend's options; lifeboat
-// run and the snapshot commands open the store alike.
-func StoreOptions(st *config.Store) storage.Options {
+// OpenStore opens the store block's store, for lifeboat run and the
+// snapshot commands alike. A mistake in the settings (IsConfigError) is
+// told apart from a store that cannot be reached.
+func OpenStore(ctx context.Context, st *config.Store) (storage.Store, error) {
+	store, err := storage.Open(ctx, st.URL, storeOptions(st))
+	if err != nil {
+		err = fmt.Errorf("open store %s: %w", config.RedactURL(st.URL), err)
+		if storage.IsConfigError(err) {
+			return nil, usageError{err}
+		}
+		return nil, err
+	}
+	return store, nil
+}
+
+// storeOptions maps the store block to the backend's options.
+func storeOptions(st *config.Store) storage.Options {
 	return storage.Options{
 		AccessKey: st.AccessKey, SecretKey: st.SecretKey, SessionToken: st.SessionToken,
 		Region: st.Region, CAFile: st.CAFile, PathStyle: st.PathStyle,
@@ -514,16 +524,10 @@ func (s *Supervisor) runBackup(_ context.Context, batch trigger.Batch) (string, 
 		return "", fmt.Errorf("%w (%w)", errNotLeader, trigger.ErrSkipped)
 	}
 	s.data.retention.pause() // prune's exclusive lease would refuse this backup
-	// The manifest's reason says what asked and why: "notify, schedule:
-	// before migration".
-	reason := strings.Join(batch.Sources(), ", ")
-	if reasons := strings.Join(batch.Reasons(), "; "); reasons != "" {
-		reason += ": " + reasons
-	}
 	meta, err := s.runHook(ctx, hookPreBackup, s.backupVars(hookPreBackup, batch), nil)
 	var m *snapshot.Manifest
 	if err == nil {
-		m, err = s.takeSnapshot(ctx, batch, reason, meta)
+		m, err = s.takeSnapshot(ctx, batch, meta)
 	}
 	post := s.backupVars(hookPostBackup, batch)
 	if err != nil {
@@ -544,7 +548,13 @@ func (s *Supervisor) runBackup(_ context.Context, batch trigger.Batch) (string, 
 }
 
 // takeSnapshot backs up the data dir and the configured streams.
-func (s *Supervisor) takeSnapshot(ctx context.Context, batch trigger.Batch, reason string, meta map[string]string) (*snapshot.Manifest, error) {
+func (s *Supervisor) takeSnapshot(ctx context.Context, batch trigger.Batch, meta map[string]string) (*snapshot.Manifest, error) {
+	// The manifest's reason says what asked and why: "notify, schedule:
+	// before migration".
+	reason := strings.Join(batch.Sources(), ", ")
+	if reasons := strings.Join(batch.Reasons(), "; "); reasons != "" {
+		reason += ": " + reasons
+	}
 	b := s.cfg.Backup
 	var streams []snapshot.StreamSource
 	// Stream commands get the rendered env block like the app (a
@@ -696,7 +706,7 @@ func (s *Supervisor) dataStatus() *DataStatus {
 		return nil
 	}
 	st := &DataStatus{Path: s.cfg.Data.Path, Store: config.RedactURL(s.cfg.Store.URL), Restore: s.data.restore,
-		Retention: s.data.retention.status(s.keepPolicy())}
+		Retention: s.data.retention.status(KeepPolicy(s.cfg.Backup))}
 	if s.data.loop != nil {
 		st.Backup = &BackupStatus{Status: s.data.loop.Status(), Last: s.data.last}
 	}

@@ -38,8 +38,6 @@ type retention struct {
 	stopped bool
 }
 
-func (s *Supervisor) keepPolicy() snapshot.KeepPolicy { return KeepPolicy(s.cfg.Backup) }
-
 // KeepPolicy is backup.keep as the snapshot engine's policy, for the
 // retention after backups and for lifeboat prune alike.
 func KeepPolicy(b *config.Backup) snapshot.KeepPolicy {
@@ -50,7 +48,7 @@ func KeepPolicy(b *config.Backup) snapshot.KeepPolicy {
 // kick starts a prune after a successful backup unless one runs already or
 // the policy keeps everything.
 func (r *retention) kick(s *Supervisor) {
-	policy := s.keepPolicy()
+	policy := KeepPolicy(s.cfg.Backup)
 	if policy.Empty() {
 		return
 	}

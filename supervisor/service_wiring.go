@@ -16,6 +16,7 @@ import (
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
+	"github.com/lifeboat/lifeboat/hooks"
 	"github.com/lifeboat/lifeboat/supervisor/config"
 	"github.com/lifeboat/lifeboat/supervisor/consul"
 	"github.com/lifeboat/lifeboat/supervisor/process"
@@ -146,12 +147,12 @@ func (s *Supervisor) serviceCheckEnv() ([]string, *syscall.Credential, error) {
 	}
 	env = append(env, s.secretsEnv()...)
 	env = append(env,
-		"LIFEBOAT_PHASE=check",
+		hooks.VarPhase+"=check",
 		"LIFEBOAT_SERVICE_NAME="+sc.Name,
 		"LIFEBOAT_SERVICE_PORT="+strconv.Itoa(sc.Port),
 	)
 	if s.cfg.Data != nil {
-		env = append(env, "LIFEBOAT_DATA="+s.cfg.Data.Path)
+		env = append(env, hooks.VarData+"="+s.cfg.Data.Path)
 	}
 	return env, cred, nil
 }

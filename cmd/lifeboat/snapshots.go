@@ -22,7 +22,6 @@ import (
 	"github.com/lifeboat/lifeboat/supervisor/logging"
 	"github.com/lifeboat/lifeboat/supervisor/progress"
 	"github.com/lifeboat/lifeboat/supervisor/snapshot"
-	"github.com/lifeboat/lifeboat/supervisor/storage"
 )
 
 // EnvCPUProfile names a file to write a CPU profile of a snapshot command
@@ -173,12 +172,11 @@ func (s *session) openRepo(opts snapshot.Options) (*snapshot.Repository, error) 
 	if err != nil {
 		return nil, &cliError{exitUsage, err}
 	}
-	store, err := storage.Open(s.ctx, st.URL, supervisor.StoreOptions(st))
+	store, err := supervisor.OpenStore(s.ctx, st)
+	if supervisor.IsConfigError(err) {
+		return nil, &cliError{exitUsage, err}
+	}
 	if err != nil {
-		err = fmt.Errorf("open store %s: %w", config.RedactURL(st.URL), err)
-		if storage.IsConfigError(err) {
-			return nil, &cliError{exitUsage, err}
-		}
 		return nil, err
 	}
 	opts.Key, opts.Logger = key, s.log

@@ -199,12 +199,12 @@ func IsNotFound(err error) bool {
 // restart without state). The status code has varied between Consul
 // versions (404, or 500 with the reason in the body, in two wordings).
 func IsUnknownCheck(err error) bool {
+	if IsNotFound(err) {
+		return true
+	}
 	var se api.StatusError
 	if !errors.As(err, &se) {
 		return false
-	}
-	if se.Code == 404 {
-		return true
 	}
 	b := strings.ToLower(se.Body)
 	return strings.Contains(b, "does not have associated ttl") || strings.Contains(b, "unknown check")
