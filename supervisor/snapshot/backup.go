@@ -144,16 +144,11 @@ type chunkWorker struct {
 	cbuf []byte // chunker buffer
 }
 
-// store handles one chunk and returns its id.
-func (w *chunkWorker) store(data []byte) (ChunkID, error) {
-	return w.storeID(w.s.r.hash.sum(data), data)
-}
-
-// storeID is store for a chunk whose id is known.
-func (w *chunkWorker) storeID(id ChunkID, data []byte) (ChunkID, error) {
+// store handles one chunk, whose id is id.
+func (w *chunkWorker) store(id ChunkID, data []byte) error {
 	r := w.s.r
 	if !w.s.claim(id) {
-		return id, nil
+		return nil
 	}
 	stored, flags := data, uint8(0)
 	w.zbuf = r.zenc.EncodeAll(data, w.zbuf[:0])
@@ -163,7 +158,7 @@ func (w *chunkWorker) storeID(id ChunkID, data []byte) (ChunkID, error) {
 	if r.keys != nil {
 		var err error
 		if w.sbuf, err = r.keys.sealChunk(w.sbuf[:0], id, stored); err != nil {
-			return id, err
+			return err
 		}
 		stored = w.sbuf
 	}
@@ -172,7 +167,7 @@ func (w *chunkWorker) storeID(id ChunkID, data []byte) (ChunkID, error) {
 	w.s.mu.Lock()
 	w.s.stats.NewChunks++
 	w.s.mu.Unlock()
-	return id, w.s.packer.add(id, stored, len(data), flags)
+	return w.s.packer.add(id, stored, len(data), flags)
 }
 
 // knownChunk is a chunk of the previous version of a file.
@@ -217,30 +212,30 @@ func (w *chunkWorker) storeStream(ctx context.Context, rd io.Reader, prev []Chun
 		if err := ctx.Err(); err != nil {
 			return nil, n, err
 		}
+		// A previous chunk at this offset that still hashes to its id
+		// is taken as it is; otherwise the chunker cuts.
+		var data []byte
+		var id ChunkID
 		if k, ok := known[n]; ok {
-			data, err := ch.NextKnown(k.len, func(b []byte) bool { return w.s.r.hash.sum(b) == k.id })
+			var err error
+			data, err = ch.NextKnown(k.len, func(b []byte) bool { return w.s.r.hash.sum(b) == k.id })
 			if err != nil {
 				return nil, n, err
 			}
-			if data != nil {
-				if _, err := w.storeID(k.id, data); err != nil {
-					return nil, n, err
-				}
-				ids = append(ids, k.id)
-				n += int64(len(data))
-				w.s.prog.bytes.Add(int64(len(data)))
-				continue
+			id = k.id
+		}
+		if data == nil {
+			var err error
+			data, err = ch.Next()
+			if errors.Is(err, io.EOF) {
+				return ids, n, nil
 			}
+			if err != nil {
+				return nil, n, err
+			}
+			id = w.s.r.hash.sum(data)
 		}
-		data, err := ch.Next()
-		if errors.Is(err, io.EOF) {
-			return ids, n, nil
-		}
-		if err != nil {
-			return nil, n, err
-		}
-		id, err := w.store(data)
-		if err != nil {
+		if err := w.store(id, data); err != nil {
 			return nil, n, err
 		}
 		ids = append(ids, id)
@@ -474,14 +469,12 @@ func (s *session) backupDir(ctx context.Context, req BackupRequest, parent func(
 	var jobs []fileJob
 	for _, job := range files {
 		e := &tree.Entries[job.idx]
-		pe := pt.entries[e.Path]
-		if pe != nil && pe.Kind == KindFile && pe.Size == e.Size && pe.MTime == e.MTime &&
-			pe.CTime == e.CTime && pe.Inode == e.Inode && s.r.haveAll(pe.Chunks) {
-			e.Chunks = pe.Chunks
-			s.prog.files.Add(1)
-			continue
-		}
-		if pe != nil && pe.Kind == KindFile {
+		if pe := pt.entries[e.Path]; pe != nil && pe.Kind == KindFile {
+			if pe.Size == e.Size && pe.MTime == e.MTime && pe.CTime == e.CTime && pe.Inode == e.Inode && s.r.haveAll(pe.Chunks) {
+				e.Chunks = pe.Chunks
+				s.prog.files.Add(1)
+				continue
+			}
 			job.prev = pe.Chunks
 		}
 		s.prog.totalBytes.Add(e.Size)

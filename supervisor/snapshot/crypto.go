@@ -71,15 +71,16 @@ type ChunkID [32]byte
 
 func (id ChunkID) String() string { return fmt.Sprintf("%x", id[:]) }
 
-// hasher computes chunk ids; keyed ones come from a pool (a keyed BLAKE3
-// hasher is a few KiB to set up, and there is one per chunk).
+// hasher computes chunk ids: plain BLAKE3 (the zero hasher), or keyed
+// ones from a pool (a keyed BLAKE3 hasher is a few KiB to set up, and
+// there is one per chunk).
 type hasher struct {
-	key   []byte
-	keyed *sync.Pool
+	keyed *sync.Pool // nil: not keyed
 }
 
+// newHasher is a hasher keyed with key.
 func newHasher(key []byte) hasher {
-	return hasher{key: key, keyed: &sync.Pool{New: func() any {
+	return hasher{keyed: &sync.Pool{New: func() any {
 		x, _ := blake3.NewKeyed(key)
 		return x
 	}}}
@@ -87,7 +88,7 @@ func newHasher(key []byte) hasher {
 
 func (h hasher) sum(data []byte) ChunkID {
 	var id ChunkID
-	if h.key == nil {
+	if h.keyed == nil {
 		id = blake3.Sum256(data)
 		return id
 	}

@@ -80,7 +80,7 @@ func (r *Repository) loadIndex(ctx context.Context, unlocked func() error) error
 	r.mu.RUnlock()
 	if stale {
 		r.log.Info("index was rewritten by a prune; reloading it")
-		return r.reloadIndex(ctx)
+		return r.reloadIndex(ctx, listed)
 	}
 	bad, err := r.eachIndex(ctx, keys, unlocked, func(key string, f *indexFile) {
 		r.mu.Lock()
@@ -159,14 +159,6 @@ func (r *Repository) eachIndex(ctx context.Context, keys []string, unlocked func
 	return bad, err
 }
 
-func (r *Repository) readIndex(ctx context.Context, key string) (*indexFile, error) {
-	b, err := r.getAll(ctx, key, maxIndexBytes)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
-	}
-	return r.decodeIndex(key, b)
-}
-
 func (r *Repository) decodeIndex(key string, b []byte) (*indexFile, error) {
 	var idx indexFile
 	if err := r.decodeObject("index", b, &idx); err != nil {
@@ -192,21 +184,16 @@ func (r *Repository) addIndex(idx *indexFile) {
 	}
 }
 
-// writeIndex stores the index of a backup's new packs, split as
-// writeIndexes does, and adds each object to the in-memory index as soon
-// as it is stored (one that failed after others leaves those known).
+// writeIndex stores the index of a backup's new packs and adds each
+// object to the in-memory index as soon as it is stored (one that failed
+// after others leaves those known).
 func (r *Repository) writeIndex(ctx context.Context, packs []indexPack) error {
-	for _, group := range splitIndex(packs) {
-		key, err := r.putIndex(ctx, group)
-		if err != nil {
-			return err
-		}
+	return r.writeIndexes(ctx, packs, func(key string, group []indexPack) {
 		r.mu.Lock()
+		defer r.mu.Unlock()
 		r.addIndex(&indexFile{Version: 1, Packs: group})
 		r.indexes[key] = true
-		r.mu.Unlock()
-	}
-	return nil
+	})
 }
 
 // maxBlobsPerIndex splits an index into objects of bounded size (about 150
@@ -232,30 +219,23 @@ func splitIndex(packs []indexPack) [][]indexPack {
 	return out
 }
 
-// writeIndexes stores packs as new index objects and returns their keys.
-func (r *Repository) writeIndexes(ctx context.Context, packs []indexPack) (map[string]bool, error) {
-	keys := map[string]bool{}
+// writeIndexes stores packs as new index objects, split by splitIndex;
+// stored, when set, is told each one as soon as it is stored.
+func (r *Repository) writeIndexes(ctx context.Context, packs []indexPack, stored func(key string, group []indexPack)) error {
 	for _, group := range splitIndex(packs) {
-		key, err := r.putIndex(ctx, group)
+		b, err := r.encodeObject("index", &indexFile{Version: 1, Packs: group})
 		if err != nil {
-			return nil, err
+			return err
 		}
-		keys[key] = true
+		key := indexPrefix + randomID(16)
+		if err := r.store.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
+			return fmt.Errorf("write index %s: %w", key, err)
+		}
+		if stored != nil {
+			stored(key, group)
+		}
 	}
-	return keys, nil
-}
-
-// putIndex stores packs as one new index object and returns its key.
-func (r *Repository) putIndex(ctx context.Context, packs []indexPack) (string, error) {
-	b, err := r.encodeObject("index", &indexFile{Version: 1, Packs: packs})
-	if err != nil {
-		return "", err
-	}
-	key := indexPrefix + randomID(16)
-	if err := r.store.PutIfAbsent(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
-		return "", fmt.Errorf("write index %s: %w", key, err)
-	}
-	return key, nil
+	return nil
 }
 
 // lookup finds a chunk.

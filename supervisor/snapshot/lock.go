@@ -275,15 +275,11 @@ func (r *Repository) pruneLease(ctx context.Context) (*lease, error) {
 	return h, nil
 }
 
-// reloadIndex replaces the in-memory index with what the index objects in
-// the store say now, skipping damaged ones with a warning as LoadIndex
-// does. The new index is built aside and swapped in, so lookups never see
-// a half-loaded one.
-func (r *Repository) reloadIndex(ctx context.Context) error {
-	keys, err := r.listKeys(ctx, indexPrefix, "index")
-	if err != nil {
-		return err
-	}
+// reloadIndex replaces the in-memory index with what the index objects
+// keys (all there are, just listed) say, skipping damaged ones with a
+// warning as LoadIndex does. The new index is built aside and swapped in,
+// so lookups never see a half-loaded one.
+func (r *Repository) reloadIndex(ctx context.Context, keys []string) error {
 	fresh := &Repository{index: map[ChunkID]BlobRef{}}
 	loaded := map[string]bool{}
 	bad, err := r.eachIndex(ctx, keys, nil, func(key string, f *indexFile) {

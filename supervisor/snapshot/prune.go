@@ -247,9 +247,8 @@ func Prune(ctx context.Context, r *Repository, policy KeepPolicy, opts PruneOpti
 	}
 
 	// 5. New index first, then the old index objects, then packs.
-	var newKeys map[string]bool
 	if rewrite {
-		if newKeys, err = r.writeIndexes(ctx, survivors); err != nil {
+		if err := r.writeIndexes(ctx, survivors, nil); err != nil {
 			return nil, fmt.Errorf("prune: %w", err)
 		}
 	}
@@ -261,9 +260,6 @@ func Prune(ctx context.Context, r *Repository, policy KeepPolicy, opts PruneOpti
 	}
 	if rewrite {
 		for key := range indexes {
-			if newKeys[key] {
-				continue
-			}
 			if err := r.store.Delete(ctx, key); err != nil {
 				return nil, fmt.Errorf("prune: delete old index %s: %w", key, err)
 			}

@@ -332,7 +332,6 @@ type target struct {
 // by path.
 type outFile struct {
 	path      string
-	size      int64
 	entry     *Entry
 	owners    bool // restore ownership (running as root)
 	once      sync.Once
@@ -342,8 +341,8 @@ type outFile struct {
 	remaining atomic.Int64 // chunk writes still to come
 }
 
-// open creates the file, exclusively and never through a symlink.
-func (o *outFile) open() (int, error) {
+// open creates the file (once), exclusively and never through a symlink.
+func (o *outFile) open() error {
 	o.once.Do(func() {
 		fd, err := unix.Open(o.path, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {
@@ -352,14 +351,14 @@ func (o *outFile) open() (int, error) {
 		}
 		o.fd = fd
 	})
-	return o.fd, o.err
+	return o.err
 }
 
 // write writes b at off and asks the kernel to start writing it back.
-func (o *outFile) write(fd int, b []byte, off int64) error {
+func (o *outFile) write(b []byte, off int64) error {
 	start, n := off, int64(len(b))
 	for len(b) > 0 {
-		w, err := unix.Pwrite(fd, b, off)
+		w, err := unix.Pwrite(o.fd, b, off)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -370,7 +369,7 @@ func (o *outFile) write(fd int, b []byte, off int64) error {
 		}
 		b, off = b[w:], off+int64(w)
 	}
-	startWriteback(fd, start, n)
+	startWriteback(o.fd, start, n)
 	return nil
 }
 
@@ -401,7 +400,7 @@ func (o *outFile) finish() error {
 func (o *outFile) setMeta() error {
 	e := o.entry
 	if o.holes.Load() {
-		if err := unix.Ftruncate(o.fd, o.size); err != nil {
+		if err := unix.Ftruncate(o.fd, o.entry.Size); err != nil {
 			return fmt.Errorf("truncate: %w", err)
 		}
 	}
@@ -484,7 +483,7 @@ func (r *Repository) restoreTree(ctx context.Context, req RestoreRequest, m *Man
 				}
 			}
 		case KindFile:
-			out := &outFile{path: abs, size: e.Size, entry: &t.Entries[i], owners: owners, fd: -1}
+			out := &outFile{path: abs, entry: &t.Entries[i], owners: owners, fd: -1}
 			out.remaining.Store(int64(len(e.Chunks)))
 			files = append(files, out)
 			res.Files++
@@ -518,7 +517,7 @@ func (r *Repository) restoreTree(ctx context.Context, req RestoreRequest, m *Man
 		}
 	}
 	if err := parallel(ctx, r.conc, unopened, func(_ context.Context, o *outFile) error {
-		if _, err := o.open(); err != nil {
+		if err := o.open(); err != nil {
 			return err
 		}
 		return o.finish()
@@ -662,13 +661,12 @@ func (r *Repository) downloadPacks(ctx context.Context, byPack map[string]map[Ch
 			}
 			zero := allZero(plain)
 			for _, tg := range f.targets {
-				fd, err := tg.file.open()
-				if err != nil {
+				if err := tg.file.open(); err != nil {
 					return err
 				}
 				if zero {
 					tg.file.holes.Store(true)
-				} else if err := tg.file.write(fd, plain, tg.off); err != nil {
+				} else if err := tg.file.write(plain, tg.off); err != nil {
 					return err
 				}
 				if err := tg.file.done(); err != nil {

@@ -58,6 +58,15 @@ func openRepo(t *testing.T, s storage.Store, key []byte) *Repository {
 	return r
 }
 
+// readIndex reads and decodes one index object.
+func (r *Repository) readIndex(ctx context.Context, key string) (*indexFile, error) {
+	b, err := r.getAll(ctx, key, maxIndexBytes)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	return r.decodeIndex(key, b)
+}
+
 func randBytes(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)

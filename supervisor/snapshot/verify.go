@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -349,11 +348,15 @@ func (r *Repository) verifyPack(ctx context.Context, id string, size int64, ip i
 		rep.problem(key, "cannot download: %v", err)
 		return 0, 0, nil
 	}
-	// Sized up front: io.ReadAll would grow a buffer to 16 MiB per pack.
-	body := bytes.NewBuffer(make([]byte, 0, size+1))
-	_, err = body.ReadFrom(io.LimitReader(rc, size+1))
+	// Sized up front (one byte more, to see a pack longer than listed):
+	// growing a buffer would allocate several times the pack's size.
+	data := make([]byte, size+1)
+	got, err := io.ReadFull(rc, data)
 	rc.Close()
-	data := body.Bytes()
+	data = data[:got]
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		err = nil // shorter than size+1, as it should be; parsePack checks the rest
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return int64(len(data)), 0, ctx.Err()
@@ -490,7 +493,7 @@ func RepairIndex(ctx context.Context, r *Repository) (*RepairResult, error) {
 	}
 	sort.Slice(packs, func(i, j int) bool { return packs[i].ID < packs[j].ID })
 	if len(packs) > 0 {
-		if _, err := r.writeIndexes(ctx, packs); err != nil {
+		if err := r.writeIndexes(ctx, packs, nil); err != nil {
 			return nil, fmt.Errorf("repair index: %w", err)
 		}
 		res.PacksIndexed = len(packs)
@@ -503,7 +506,11 @@ func RepairIndex(ctx context.Context, r *Repository) (*RepairResult, error) {
 	}
 	sort.Strings(res.IndexesDeleted)
 	sort.Strings(res.BadPacks)
-	if err := r.reloadIndex(ctx); err != nil {
+	keys, err := r.listKeys(ctx, indexPrefix, "index")
+	if err == nil {
+		err = r.reloadIndex(ctx, keys)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("repair index: %w", err)
 	}
 	r.log.Info("index repaired", "packs_indexed", res.PacksIndexed, "bad_packs", len(res.BadPacks), "indexes_deleted", len(res.IndexesDeleted))
