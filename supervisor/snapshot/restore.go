@@ -632,26 +632,12 @@ func (r *Repository) downloadPacks(ctx context.Context, byPack map[string]map[Ch
 	// growing buffer spent a tenth of the restore zeroing memory).
 	var bufPool = sync.Pool{New: func() any { return new([]byte) }}
 	return parallel(ctx, r.conc, spans, func(ctx context.Context, sp span) error {
-		rc, err := r.store.GetRange(ctx, packKey(sp.pack), sp.off, sp.end-sp.off)
-		if err != nil {
-			return fmt.Errorf("download pack %s: %w", sp.pack, err)
-		}
 		bp := bufPool.Get().(*[]byte)
 		defer bufPool.Put(bp)
-		want := int(sp.end - sp.off)
-		if cap(*bp) < want {
-			*bp = make([]byte, want)
-		}
-		data := (*bp)[:want]
-		n, err := io.ReadFull(rc, data)
-		rc.Close()
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return fmt.Errorf("pack %s: %w: short read (%d of %d bytes)", sp.pack, ErrCorrupt, n, want)
-		}
+		data, err := r.getRange(ctx, sp.pack, sp.off, sp.end, bp, prog)
 		if err != nil {
-			return fmt.Errorf("download pack %s: %w", sp.pack, err)
+			return err
 		}
-		prog.stored.Add(int64(len(data)))
 		var dbuf []byte
 		for _, f := range sp.blobs {
 			stored := data[f.ref.Offset-sp.off : f.ref.Offset-sp.off+int64(f.ref.Length)]
@@ -677,6 +663,32 @@ func (r *Repository) downloadPacks(ctx context.Context, byPack map[string]map[Ch
 		}
 		return nil
 	})
+}
+
+// getRange downloads bytes [off, end) of a pack into *buf, grown to
+// exactly that length when too small.
+func (r *Repository) getRange(ctx context.Context, pack string, off, end int64, buf *[]byte, prog *progress) ([]byte, error) {
+	rc, err := r.store.GetRange(ctx, packKey(pack), off, end-off)
+	if err != nil {
+		return nil, fmt.Errorf("download pack %s: %w", pack, err)
+	}
+	defer rc.Close()
+	want := int(end - off)
+	if cap(*buf) < want {
+		*buf = make([]byte, want)
+	}
+	data := (*buf)[:want]
+	n, err := io.ReadFull(rc, data)
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("pack %s: %w: short read (%d of %d bytes)", pack, ErrCorrupt, n, want)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("download pack %s: %w", pack, err)
+	}
+	if prog != nil {
+		prog.stored.Add(int64(len(data)))
+	}
+	return data, nil
 }
 
 // openBlob decrypts, decompresses and verifies one stored blob. It decrypts
@@ -738,36 +750,123 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// ReadChunks streams the chunks in order into w, verifying each.
-func (r *Repository) ReadChunks(ctx context.Context, ids []ChunkID, w io.Writer, prog *progress) error {
-	var dbuf []byte
+// streamSpanMax caps a stream span's stored and its plain bytes: up to
+// r.conc+1 spans are held at once.
+const streamSpanMax = 8 << 20
+
+// streamSpan is a run of a stream's chunks that lie one after another in
+// one pack: one ranged GET.
+type streamSpan struct {
+	pack     string
+	off, end int64
+	raw      int // plain bytes
+	blobs    []streamBlob
+}
+
+type streamBlob struct {
+	id  ChunkID
+	ref BlobRef
+}
+
+// streamSpans groups ids, in their order, into spans.
+func (r *Repository) streamSpans(ids []ChunkID) ([]streamSpan, error) {
+	var spans []streamSpan
 	for _, id := range ids {
 		ref, ok := r.lookup(id)
 		if !ok {
-			return fmt.Errorf("chunk %s: %w: not in the index", id, ErrCorrupt)
+			return nil, fmt.Errorf("chunk %s: %w: not in the index", id, ErrCorrupt)
 		}
-		rc, err := r.store.GetRange(ctx, packKey(ref.Pack), ref.Offset, int64(ref.Length))
-		if err != nil {
-			return err
+		if ref.Raw <= 0 || ref.Raw > r.maxBlob() {
+			return nil, fmt.Errorf("chunk %s in pack %s: %w: size %d is outside the repository's chunk limit", id, ref.Pack, ErrCorrupt, ref.Raw)
 		}
-		stored, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			return err
+		end := ref.Offset + int64(ref.Length)
+		if n := len(spans); n > 0 {
+			sp := &spans[n-1]
+			if sp.pack == ref.Pack && ref.Offset >= sp.end && ref.Offset-sp.end <= rangeGap &&
+				end-sp.off <= streamSpanMax && sp.raw+ref.Raw <= streamSpanMax {
+				sp.end = end
+				sp.raw += ref.Raw
+				sp.blobs = append(sp.blobs, streamBlob{id, ref})
+				continue
+			}
 		}
-		plain, err := r.openBlob(&dbuf, id, ref, stored)
-		if err != nil {
-			return err
+		spans = append(spans, streamSpan{pack: ref.Pack, off: ref.Offset, end: end, raw: ref.Raw, blobs: []streamBlob{{id, ref}}})
+	}
+	return spans, nil
+}
+
+// ReadChunks streams the chunks in order into w, verifying each. Chunks
+// stored next to each other come in one ranged GET, and r.conc GETs run
+// ahead of the writer, so a stream restores at the store's speed and not
+// at one round trip per chunk.
+func (r *Repository) ReadChunks(ctx context.Context, ids []ChunkID, w io.Writer, prog *progress) error {
+	spans, err := r.streamSpans(ids)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		plain []byte
+		err   error
+	}
+	// The writer takes results in span order; the channel's capacity is
+	// how far the downloads may run ahead.
+	pending := make(chan chan result, r.conc)
+	go func() {
+		defer close(pending)
+		for _, sp := range spans {
+			done := make(chan result, 1)
+			select {
+			case pending <- done:
+			case <-ctx.Done():
+				return
+			}
+			go func() {
+				plain, err := r.openSpan(ctx, sp, prog)
+				done <- result{plain, err}
+			}()
 		}
-		if _, err := w.Write(plain); err != nil {
+	}()
+	for done := range pending {
+		res := <-done
+		if res.err != nil {
+			return res.err
+		}
+		if _, err := w.Write(res.plain); err != nil {
 			return err
 		}
 		if prog != nil {
-			prog.bytes.Add(int64(len(plain)))
-			prog.stored.Add(int64(len(stored)))
+			prog.bytes.Add(int64(len(res.plain)))
 		}
 	}
-	return nil
+	return ctx.Err()
+}
+
+// openSpan downloads a span and opens its chunks, in order, into one
+// buffer of their plain size.
+func (r *Repository) openSpan(ctx context.Context, sp streamSpan, prog *progress) ([]byte, error) {
+	var buf []byte
+	data, err := r.getRange(ctx, sp.pack, sp.off, sp.end, &buf, prog)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, sp.raw)
+	for _, b := range sp.blobs {
+		stored := data[b.ref.Offset-sp.off : b.ref.Offset-sp.off+int64(b.ref.Length)]
+		n := len(out)
+		dst := out[n : n : n+b.ref.Raw]
+		plain, err := r.openBlob(&dst, b.id, b.ref, stored)
+		if err != nil {
+			return nil, err
+		}
+		if b.ref.Flags&blobFlagZstd != 0 {
+			out = out[:n+len(plain)] // decompressed in place, into dst
+		} else {
+			out = append(out, plain...)
+		}
+	}
+	return out, nil
 }
 
 // restoreStream pipes a stream into its sink; a restore command that exits

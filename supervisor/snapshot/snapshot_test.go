@@ -298,6 +298,55 @@ func TestStreamRoundTripAndFailingCommand(t *testing.T) {
 	}
 }
 
+// TestLongStreamRestoresInOrder: a stream of many spans, over several
+// packs and with chunks it repeats, comes back byte for byte although its
+// downloads run ahead of the writer, two at a time, encrypted.
+func TestLongStreamRestoresInOrder(t *testing.T) {
+	for name, open := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			r, err := Open(ctx, open(t), Options{Create: true, Key: []byte("k"), Concurrency: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, b := randBytes(3<<20), randBytes(8<<20)
+			text := bytes.Repeat([]byte("a compressible line of a database dump\n"), 100000)
+			var data []byte
+			for _, part := range [][]byte{a, text, b, a, randBytes(12 << 20), text, b} {
+				data = append(data, part...)
+			}
+			in := filepath.Join(t.TempDir(), "in")
+			os.WriteFile(in, data, 0o600)
+			m, err := r.Backup(ctx, BackupRequest{Streams: []StreamSource{{Name: "db", Command: []string{"cat", in}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tree, err := r.ReadTree(ctx, m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			spans, err := r.streamSpans(tree.Streams[0].Chunks)
+			if err != nil {
+				t.Fatal(err)
+			}
+			packs := map[string]bool{}
+			for _, sp := range spans {
+				packs[sp.pack] = true
+			}
+			if len(spans) <= 2*r.conc || len(packs) < 2 {
+				t.Fatalf("%d spans in %d packs: the test needs more than %d spans and several packs", len(spans), len(packs), 2*r.conc)
+			}
+			var got bytes.Buffer
+			if _, err := r.Restore(ctx, RestoreRequest{Snapshot: m.ID, Streams: map[string]StreamSink{"db": {Writer: &got}}}); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got.Bytes(), data) {
+				t.Fatalf("restored %d bytes of %d, or different ones", got.Len(), len(data))
+			}
+		})
+	}
+}
+
 // writeHostile commits a crafted tree as a snapshot.
 func writeHostile(t *testing.T, r *Repository, entries []Entry) *Manifest {
 	t.Helper()
