@@ -119,6 +119,51 @@ type session struct {
 	mu      sync.Mutex
 	claimed map[ChunkID]bool // chunks this backup stores
 	stats   Stats
+
+	// Chunks on their way from a chunker to a pack: the sealers hash,
+	// compress and seal them, so one large file or stream uses every
+	// core. A slot is held from the cut until the chunk is in a pack.
+	sealq   chan *sealJob
+	slots   chan struct{}
+	jobs    sync.Pool
+	sealers sync.WaitGroup
+}
+
+// sealJob is one cut chunk: a copy of its bytes, and once a sealer is
+// done with it, its id and what goes into the pack.
+type sealJob struct {
+	data   []byte
+	id     ChunkID
+	hashed bool // id was known (and claimed) when it was cut
+	store  bool // this backup stores the chunk
+	stored []byte
+	flags  uint8
+	err    error
+	done   chan struct{}
+	zbuf   []byte
+	sbuf   []byte
+}
+
+// startSealers starts n sealers, with 2n slots.
+func (s *session) startSealers(n int) {
+	s.slots = make(chan struct{}, 2*n)
+	s.sealq = make(chan *sealJob, 2*n) // never full: a job holds a slot
+	for range n {
+		s.sealers.Add(1)
+		go func() {
+			defer s.sealers.Done()
+			for j := range s.sealq {
+				s.seal(j)
+				j.done <- struct{}{}
+			}
+		}()
+	}
+}
+
+// stopSealers ends the sealers; every reader has added its jobs by then.
+func (s *session) stopSealers() {
+	close(s.sealq)
+	s.sealers.Wait()
 }
 
 // claim reports whether id must be stored by this backup: not in the
@@ -136,38 +181,113 @@ func (s *session) claim(id ChunkID) bool {
 	return true
 }
 
-// chunkWorker compresses, seals and stores chunks; one per goroutine.
+// seal hashes and claims a job's chunk, and compresses and seals it when
+// this backup stores it.
+func (s *session) seal(j *sealJob) {
+	r := s.r
+	if !j.hashed {
+		j.id = r.hash.sum(j.data)
+		j.store = s.claim(j.id)
+	}
+	if !j.store {
+		return
+	}
+	j.stored, j.flags = j.data, 0
+	j.zbuf = r.zenc.EncodeAll(j.data, j.zbuf[:0])
+	if len(j.zbuf) < len(j.data) {
+		j.stored, j.flags = j.zbuf, blobFlagZstd
+	}
+	if r.keys != nil {
+		if j.sbuf, j.err = r.keys.sealChunk(j.sbuf[:0], j.id, j.stored); j.err != nil {
+			return
+		}
+		j.stored = j.sbuf
+	}
+}
+
+// chunkWorker cuts files and streams into chunks; one per reading
+// goroutine.
 type chunkWorker struct {
 	s    *session
-	zbuf []byte
-	sbuf []byte
 	cbuf []byte // chunker buffer
 }
 
-// store handles one chunk, whose id is id.
-func (w *chunkWorker) store(id ChunkID, data []byte) error {
-	r := w.s.r
-	if !w.s.claim(id) {
+// sealQueue is one chunker's jobs in the order they were cut; they go
+// into packs, and their ids into ids, in that order.
+type sealQueue struct {
+	s    *session
+	jobs []*sealJob
+	ids  []ChunkID
+}
+
+// submit hands a copy of data to the sealers. It waits for a slot; while
+// it waits it puts its own oldest jobs into packs, so a chunker never
+// waits for slots it holds itself.
+func (q *sealQueue) submit(ctx context.Context, data []byte, id ChunkID, hashed bool) error {
+	s := q.s
+	for {
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			if len(q.jobs) > 0 {
+				if err := q.addOldest(); err != nil {
+					return err
+				}
+				continue
+			}
+			select {
+			case s.slots <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		break
+	}
+	j, _ := s.jobs.Get().(*sealJob)
+	if j == nil {
+		j = &sealJob{done: make(chan struct{}, 1)}
+	}
+	j.data = append(j.data[:0], data...)
+	j.id, j.hashed, j.store, j.err = id, hashed, hashed, nil
+	q.jobs = append(q.jobs, j)
+	s.sealq <- j
+	return nil
+}
+
+// addOldest waits for the oldest job and puts its chunk into a pack.
+func (q *sealQueue) addOldest() error {
+	s, j := q.s, q.jobs[0]
+	q.jobs = q.jobs[1:]
+	<-j.done
+	defer func() {
+		<-s.slots
+		s.jobs.Put(j)
+	}()
+	if j.err != nil {
+		return j.err
+	}
+	q.ids = append(q.ids, j.id)
+	if !j.store {
 		return nil
 	}
-	stored, flags := data, uint8(0)
-	w.zbuf = r.zenc.EncodeAll(data, w.zbuf[:0])
-	if len(w.zbuf) < len(data) {
-		stored, flags = w.zbuf, blobFlagZstd
-	}
-	if r.keys != nil {
-		var err error
-		if w.sbuf, err = r.keys.sealChunk(w.sbuf[:0], id, stored); err != nil {
-			return err
+	s.prog.newBytes.Add(int64(len(j.data)))
+	s.prog.stored.Add(int64(len(j.stored)))
+	s.mu.Lock()
+	s.stats.NewChunks++
+	s.mu.Unlock()
+	return s.packer.add(j.id, j.stored, len(j.data), j.flags)
+}
+
+// flush puts every job into a pack; after an error it still waits for
+// them all, so none is left with the sealers.
+func (q *sealQueue) flush() error {
+	var first error
+	for len(q.jobs) > 0 {
+		if err := q.addOldest(); err != nil && first == nil {
+			first = err
 		}
-		stored = w.sbuf
 	}
-	w.s.prog.newBytes.Add(int64(len(data)))
-	w.s.prog.stored.Add(int64(len(stored)))
-	w.s.mu.Lock()
-	w.s.stats.NewChunks++
-	w.s.mu.Unlock()
-	return w.s.packer.add(id, stored, len(data), flags)
+	return first
 }
 
 // knownChunk is a chunk of the previous version of a file.
@@ -200,14 +320,19 @@ func (r *Repository) knownChunks(prev []ChunkID) map[int64]knownChunk {
 // hashes to the previous chunk at the same offset (a file changed in place
 // re-reads, but does not re-cut, what did not change); the chunks are the
 // same as without it.
-func (w *chunkWorker) storeStream(ctx context.Context, rd io.Reader, prev []ChunkID) ([]ChunkID, int64, error) {
+func (w *chunkWorker) storeStream(ctx context.Context, rd io.Reader, prev []ChunkID) (ids []ChunkID, n int64, err error) {
+	s := w.s
 	if w.cbuf == nil {
-		w.cbuf = make([]byte, 2*w.s.r.cfg.Chunker.Max)
+		w.cbuf = make([]byte, 2*s.r.cfg.Chunker.Max)
 	}
-	ch := NewChunker(rd, w.s.r.cfg.Chunker, w.cbuf)
-	known := w.s.r.knownChunks(prev)
-	var ids []ChunkID
-	var n int64
+	ch := NewChunker(rd, s.r.cfg.Chunker, w.cbuf)
+	known := s.r.knownChunks(prev)
+	q := &sealQueue{s: s}
+	defer func() {
+		if err != nil {
+			q.flush() // what the sealers still hold must come back
+		}
+	}()
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, n, err
@@ -218,29 +343,39 @@ func (w *chunkWorker) storeStream(ctx context.Context, rd io.Reader, prev []Chun
 		var id ChunkID
 		if k, ok := known[n]; ok {
 			var err error
-			data, err = ch.NextKnown(k.len, func(b []byte) bool { return w.s.r.hash.sum(b) == k.id })
+			data, err = ch.NextKnown(k.len, func(b []byte) bool { return s.r.hash.sum(b) == k.id })
 			if err != nil {
 				return nil, n, err
 			}
 			id = k.id
 		}
-		if data == nil {
-			var err error
-			data, err = ch.Next()
-			if errors.Is(err, io.EOF) {
-				return ids, n, nil
-			}
-			if err != nil {
+		if data != nil && !s.claim(id) {
+			// Already stored: no sealer needed, only its place in order.
+			if err := q.flush(); err != nil {
 				return nil, n, err
 			}
-			id = w.s.r.hash.sum(data)
+			q.ids = append(q.ids, id)
+		} else {
+			hashed := data != nil
+			if data == nil {
+				var err error
+				data, err = ch.Next()
+				if errors.Is(err, io.EOF) {
+					if err := q.flush(); err != nil {
+						return nil, n, err
+					}
+					return q.ids, n, nil
+				}
+				if err != nil {
+					return nil, n, err
+				}
+			}
+			if err := q.submit(ctx, data, id, hashed); err != nil {
+				return nil, n, err
+			}
 		}
-		if err := w.store(id, data); err != nil {
-			return nil, n, err
-		}
-		ids = append(ids, id)
 		n += int64(len(data))
-		w.s.prog.bytes.Add(int64(len(data)))
+		s.prog.bytes.Add(int64(len(data)))
 	}
 }
 
@@ -267,11 +402,13 @@ func (r *Repository) Backup(ctx context.Context, req BackupRequest) (*Manifest, 
 	go func() { parentCh <- r.readParent(ctx, req.Parent) }()
 	parent := sync.OnceValue(func() parentTree { return <-parentCh })
 	s.packer = newPacker(ctx, r)
+	s.startSealers(max(2, runtime.GOMAXPROCS(0)))
 	tree := &Tree{Version: 1}
 	// abort stops the uploads and the progress display; nothing is
 	// committed (uploaded packs become garbage for prune).
 	abort := func(err error) (*Manifest, error) {
 		cancel()
+		s.stopSealers()
 		s.packer.finish()
 		s.prog.finish()
 		return nil, err
@@ -296,6 +433,7 @@ func (r *Repository) Backup(ctx context.Context, req BackupRequest) (*Manifest, 
 		tree.Streams = append(tree.Streams, st)
 		s.stats.Bytes += st.Size
 	}
+	s.stopSealers()
 	packs, err := s.packer.finish()
 	s.prog.finish()
 	if err != nil {
