@@ -193,7 +193,7 @@ func (s *session) seal(j *sealJob) {
 		return
 	}
 	j.stored, j.flags = j.data, 0
-	j.zbuf = r.zenc.EncodeAll(j.data, j.zbuf[:0])
+	j.zbuf = r.blobEnc.EncodeAll(j.data, j.zbuf[:0])
 	if len(j.zbuf) < len(j.data) {
 		j.stored, j.flags = j.zbuf, blobFlagZstd
 	}

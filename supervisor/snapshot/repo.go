@@ -145,7 +145,9 @@ type Repository struct {
 	conc    int
 
 	zenc *zstd.Encoder
-	zdec *zstd.Decoder
+	// blobEnc compresses chunks: frames without a checksum.
+	blobEnc *zstd.Encoder
+	zdec    *zstd.Decoder
 	// blobDec decodes chunks; its output is capped at the destination's
 	// capacity (the chunk's size from the index).
 	blobDec *zstd.Decoder
@@ -173,10 +175,16 @@ func Open(ctx context.Context, store storage.Store, opts Options) (*Repository, 
 	if r.zenc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)+1)); err != nil {
 		return nil, err
 	}
+	// A chunk's id checks its bytes, so its frame needs no checksum of
+	// its own: none is written, and one that is there is not computed.
+	if r.blobEnc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)+1),
+		zstd.WithEncoderCRC(false)); err != nil {
+		return nil, err
+	}
 	if r.zdec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<30)); err != nil {
 		return nil, err
 	}
-	if r.blobDec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecodeAllCapLimit(true)); err != nil {
+	if r.blobDec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecodeAllCapLimit(true), zstd.IgnoreChecksum(true)); err != nil {
 		return nil, err
 	}
 	cfg, err := readConfig(ctx, store)
