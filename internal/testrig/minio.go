@@ -28,7 +28,7 @@ func StartMinIO(t testing.TB) *MinIO {
 	port, console := FreePort(t), FreePort(t)
 	m := &MinIO{Endpoint: fmt.Sprintf("127.0.0.1:%d", port), AccessKey: "testrig-access", SecretKey: fmt.Sprintf("testrig-secret-%d", port)}
 	m.Server = newServer(t, "minio", bin, nil, nil)
-	m.Server.args = []string{"server", filepath.Join(m.Server.dir, "data"),
+	m.Server.args = []string{"server", m.DataDir(),
 		"--address", m.Endpoint, "--console-address", fmt.Sprintf("127.0.0.1:%d", console), "--quiet"}
 	m.Server.env = []string{"MINIO_ROOT_USER=" + m.AccessKey, "MINIO_ROOT_PASSWORD=" + m.SecretKey,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "HOME=" + m.Server.dir}
@@ -42,6 +42,10 @@ func (m *MinIO) Start(t testing.TB) {
 	t.Helper()
 	m.startAndWait(t, expect200("http://"+m.Endpoint+"/minio/health/live"))
 }
+
+// DataDir is the directory the server keeps its buckets in, one
+// subdirectory each.
+func (m *MinIO) DataDir() string { return filepath.Join(m.Server.dir, "data") }
 
 // StoreURL is a lifeboat store URL for bucket/prefix on this server.
 // Credentials are not in the URL: pass Env() or set them in options.
