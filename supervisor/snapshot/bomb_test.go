@@ -1,10 +1,12 @@
 package snapshot
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -45,5 +47,71 @@ func TestTamperedBlobCannotInflate(t *testing.T) {
 	var buf []byte
 	if _, err := r.openBlob(&buf, ChunkID{}, BlobRef{Pack: "p", Raw: r.maxBlob() + 1}, nil); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("oversized raw: err = %v, want ErrCorrupt", err)
+	}
+}
+
+// TestHostileIndexEntriesAreRefused: an index entry whose offset, length,
+// size or flags cannot describe a blob of its pack (what a tampered index
+// in an unencrypted repository looks like) makes the index object corrupt
+// when it is decoded: no reader ever sizes a download or slices a buffer
+// with it. A restore of the stream it describes is an error, not a panic.
+func TestHostileIndexEntriesAreRefused(t *testing.T) {
+	ctx := context.Background()
+	s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(ctx, s, Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := r.Backup(ctx, BackupRequest{Streams: []StreamSource{{Name: "db", Reader: bytes.NewReader(randBytes(3 << 20))}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := r.listKeys(ctx, indexPrefix, "index")
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("index objects: %v (%v), want one", keys, err)
+	}
+	idx, err := r.readIndex(ctx, keys[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := idx.Packs[0].Size
+	for name, bad := range map[string]func(b *indexBlob){
+		"negative length":      func(b *indexBlob) { b.Length = -1 },
+		"huge length":          func(b *indexBlob) { b.Length = 1 << 40 },
+		"negative offset":      func(b *indexBlob) { b.Offset = -5 },
+		"offset past the pack": func(b *indexBlob) { b.Offset = size },
+		"overflowing offset":   func(b *indexBlob) { b.Offset = 1<<63 - 10 },
+		"zero size":            func(b *indexBlob) { b.Raw = 0 },
+		"size over the limit":  func(b *indexBlob) { b.Raw = r.maxBlob() + 1 },
+		"unknown flag":         func(b *indexBlob) { b.Flags = 4 },
+	} {
+		t.Run(name, func(t *testing.T) {
+			evil := *idx
+			evil.Packs = []indexPack{idx.Packs[0]}
+			evil.Packs[0].Blobs = slices.Clone(idx.Packs[0].Blobs)
+			bad(&evil.Packs[0].Blobs[len(evil.Packs[0].Blobs)-1])
+			b, err := r.encodeObject("index", &evil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.decodeIndex(keys[0], b); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("decode: err = %v, want ErrCorrupt", err)
+			}
+			if err := s.Put(ctx, keys[0], bytes.NewReader(b), int64(len(b))); err != nil {
+				t.Fatal(err)
+			}
+			r2, err := Open(ctx, s, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			_, err = r2.Restore(ctx, RestoreRequest{Snapshot: m.ID, Streams: map[string]StreamSink{"db": {Writer: &out}}})
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("restore: err = %v, want ErrCorrupt", err)
+			}
+		})
 	}
 }

@@ -115,6 +115,10 @@ func (k *keys) chunkAEAD(id ChunkID) (cipher.AEAD, error) {
 
 var zeroNonce = make([]byte, 12)
 
+// blobOverhead is the most a blob's stored form adds to its chunk: the
+// GCM tag of a sealed chunk (a compressed one is strictly shorter).
+const blobOverhead = 16
+
 func (k *keys) sealChunk(dst []byte, id ChunkID, plain []byte) ([]byte, error) {
 	aead, err := k.chunkAEAD(id)
 	if err != nil {

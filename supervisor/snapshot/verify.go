@@ -178,7 +178,7 @@ func Verify(ctx context.Context, r *Repository, opts VerifyOptions) (*VerifyRepo
 			}
 			var off int64
 			for _, b := range p.Blobs {
-				if b.Offset != off || b.Length <= 0 || b.Raw < 0 || b.Flags&^blobFlagZstd != 0 {
+				if b.Offset != off { // sizes and flags: checked when the index was decoded
 					rep.problem(packKey(p.ID), "index %s: blob %s at offset %d length %d is not where the previous one ends (%d)", key, b.ID, b.Offset, b.Length, off)
 				}
 				off = b.Offset + int64(b.Length)
