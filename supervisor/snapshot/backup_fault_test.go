@@ -37,10 +37,10 @@ func (f *failingStore) Put(ctx context.Context, key string, r io.Reader, size in
 // promptly, whatever the sealers hold at that moment, and commits nothing.
 func TestUploadFailureEndsBackup(t *testing.T) {
 	dir, in := t.TempDir(), filepath.Join(t.TempDir(), "stream")
-	if err := os.WriteFile(filepath.Join(dir, "big"), randBytes(48<<20), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "big"), randBytes(96<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(in, randBytes(48<<20), 0o600); err != nil {
+	if err := os.WriteFile(in, randBytes(96<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for name, req := range map[string]BackupRequest{
@@ -53,7 +53,8 @@ func TestUploadFailureEndsBackup(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r, err := Open(ctx, &failingStore{Store: base, n: 1}, Options{Create: true, Concurrency: 2})
+			// The default concurrency: several uploads fail at once.
+			r, err := Open(ctx, &failingStore{Store: base, n: 1}, Options{Create: true})
 			if err != nil {
 				t.Fatal(err)
 			}

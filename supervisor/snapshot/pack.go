@@ -220,15 +220,15 @@ type packer struct {
 	entries []packEntry
 	done    []indexPack // uploaded packs, for the session's index
 	bytes   int64       // stored bytes uploaded or queued
+	err     error       // the first failed upload's
 
 	sem  chan struct{}
 	wg   sync.WaitGroup
-	errc chan error
 	pool sync.Pool
 }
 
 func newPacker(ctx context.Context, r *Repository) *packer {
-	p := &packer{r: r, ctx: ctx, sem: make(chan struct{}, max(1, r.conc/2)), errc: make(chan error, 1)}
+	p := &packer{r: r, ctx: ctx, sem: make(chan struct{}, max(1, r.conc/2))}
 	p.pool.New = func() any { return bytes.NewBuffer(make([]byte, 0, r.cfg.PackSize+r.cfg.Chunker.Max+1<<16)) }
 	p.buf = p.pool.Get().(*bytes.Buffer)
 	return p
@@ -236,13 +236,11 @@ func newPacker(ctx context.Context, r *Repository) *packer {
 
 // add appends a stored blob; a full pack is sealed and uploaded.
 func (p *packer) add(id ChunkID, stored []byte, raw int, flags uint8) error {
-	select {
-	case err := <-p.errc:
-		p.errc <- err
-		return err
-	default:
-	}
 	p.mu.Lock()
+	if err := p.err; err != nil {
+		p.mu.Unlock()
+		return err
+	}
 	p.buf.Write(stored)
 	p.entries = append(p.entries, packEntry{ID: id, Length: len(stored), Raw: raw, Flags: flags})
 	p.bytes += int64(len(stored))
@@ -279,10 +277,11 @@ func (p *packer) upload(buf *bytes.Buffer, entries []packEntry) error {
 		size := int64(buf.Len())
 		err := p.r.store.Put(p.ctx, packKey(id), bytes.NewReader(buf.Bytes()), size)
 		if err != nil {
-			select {
-			case p.errc <- fmt.Errorf("upload pack: %w", err):
-			default:
+			p.mu.Lock()
+			if p.err == nil {
+				p.err = fmt.Errorf("upload pack: %w", err)
 			}
+			p.mu.Unlock()
 			return
 		}
 		ip := indexPack{ID: id, Size: size}
@@ -311,12 +310,7 @@ func (p *packer) finish() ([]indexPack, error) {
 		err = p.upload(buf, entries)
 	}
 	p.wg.Wait()
-	select {
-	case e := <-p.errc:
-		err = errors.Join(err, e)
-	default:
-	}
-	if err != nil {
+	if err = errors.Join(err, p.err); err != nil {
 		return nil, err
 	}
 	return p.done, nil

@@ -316,7 +316,9 @@ func TestLongStreamRestoresInOrder(t *testing.T) {
 				data = append(data, part...)
 			}
 			in := filepath.Join(t.TempDir(), "in")
-			os.WriteFile(in, data, 0o600)
+			if err := os.WriteFile(in, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
 			m, err := r.Backup(ctx, BackupRequest{Streams: []StreamSource{{Name: "db", Command: []string{"cat", in}}}})
 			if err != nil {
 				t.Fatal(err)
