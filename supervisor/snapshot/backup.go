@@ -220,29 +220,12 @@ type sealQueue struct {
 	ids  []ChunkID
 }
 
-// submit hands a copy of data to the sealers. It waits for a slot; while
-// it waits it puts its own oldest jobs into packs, so a chunker never
-// waits for slots it holds itself.
+// submit hands a copy of data to the sealers.
 func (q *sealQueue) submit(ctx context.Context, data []byte, id ChunkID, hashed bool) error {
-	s := q.s
-	for {
-		select {
-		case s.slots <- struct{}{}:
-		default:
-			if len(q.jobs) > 0 {
-				if err := q.addOldest(); err != nil {
-					return err
-				}
-				continue
-			}
-			select {
-			case s.slots <- struct{}{}:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		break
+	if err := q.acquire(ctx); err != nil {
+		return err
 	}
+	s := q.s
 	j, _ := s.jobs.Get().(*sealJob)
 	if j == nil {
 		j = &sealJob{done: make(chan struct{}, 1)}
@@ -252,6 +235,29 @@ func (q *sealQueue) submit(ctx context.Context, data []byte, id ChunkID, hashed 
 	q.jobs = append(q.jobs, j)
 	s.sealq <- j
 	return nil
+}
+
+// acquire takes a slot. While none is free it puts its own oldest jobs
+// into packs, so a chunker never waits for slots it holds itself.
+func (q *sealQueue) acquire(ctx context.Context) error {
+	for {
+		select {
+		case q.s.slots <- struct{}{}:
+			return nil
+		default:
+		}
+		if len(q.jobs) == 0 {
+			select {
+			case q.s.slots <- struct{}{}:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if err := q.addOldest(); err != nil {
+			return err
+		}
+	}
 }
 
 // addOldest waits for the oldest job and puts its chunk into a pack.
@@ -342,37 +348,32 @@ func (w *chunkWorker) storeStream(ctx context.Context, rd io.Reader, prev []Chun
 		var data []byte
 		var id ChunkID
 		if k, ok := known[n]; ok {
-			var err error
-			data, err = ch.NextKnown(k.len, func(b []byte) bool { return s.r.hash.sum(b) == k.id })
-			if err != nil {
+			if data, err = ch.NextKnown(k.len, func(b []byte) bool { return s.r.hash.sum(b) == k.id }); err != nil {
 				return nil, n, err
 			}
 			id = k.id
 		}
-		if data != nil && !s.claim(id) {
+		hashed := data != nil
+		if !hashed {
+			data, err = ch.Next()
+			if errors.Is(err, io.EOF) {
+				if err := q.flush(); err != nil {
+					return nil, n, err
+				}
+				return q.ids, n, nil
+			}
+			if err != nil {
+				return nil, n, err
+			}
+		}
+		if hashed && !s.claim(id) {
 			// Already stored: no sealer needed, only its place in order.
 			if err := q.flush(); err != nil {
 				return nil, n, err
 			}
 			q.ids = append(q.ids, id)
-		} else {
-			hashed := data != nil
-			if data == nil {
-				var err error
-				data, err = ch.Next()
-				if errors.Is(err, io.EOF) {
-					if err := q.flush(); err != nil {
-						return nil, n, err
-					}
-					return q.ids, n, nil
-				}
-				if err != nil {
-					return nil, n, err
-				}
-			}
-			if err := q.submit(ctx, data, id, hashed); err != nil {
-				return nil, n, err
-			}
+		} else if err := q.submit(ctx, data, id, hashed); err != nil {
+			return nil, n, err
 		}
 		n += int64(len(data))
 		s.prog.bytes.Add(int64(len(data)))

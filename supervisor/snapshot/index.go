@@ -167,16 +167,12 @@ func (r *Repository) decodeIndex(key string, b []byte) (*indexFile, error) {
 	if idx.Version != 1 {
 		return nil, fmt.Errorf("%s: index version %d not supported", key, idx.Version)
 	}
-	// Offsets and sizes are checked here, once: readers slice buffers and
-	// size downloads with them.
-	maxStored := r.maxBlob() + blobOverhead
 	for _, p := range idx.Packs {
 		if !validPackID(p.ID) {
 			return nil, fmt.Errorf("%s: %w: pack id %q", key, ErrCorrupt, p.ID)
 		}
 		for _, b := range p.Blobs {
-			if b.Offset < 0 || b.Length <= 0 || b.Length > maxStored || b.Offset > p.Size-int64(b.Length) ||
-				b.Raw <= 0 || b.Raw > r.maxBlob() || b.Flags&^blobFlagZstd != 0 {
+			if !r.blobFits(b.Length, b.Raw, b.Flags) || b.Offset < 0 || b.Offset > p.Size-int64(b.Length) {
 				return nil, fmt.Errorf("%s: %w: blob %s in pack %s: offset %d, length %d, size %d, flags %d do not fit the pack (%d bytes) or the chunk limit",
 					key, ErrCorrupt, b.ID, p.ID, b.Offset, b.Length, b.Raw, b.Flags, p.Size)
 			}

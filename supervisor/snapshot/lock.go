@@ -277,19 +277,29 @@ func (r *Repository) pruneLease(ctx context.Context) (*lease, error) {
 
 // reloadIndex replaces the in-memory index with what the index objects
 // keys (all there are, just listed) say, skipping damaged ones with a
-// warning as LoadIndex does. The new index is built aside and swapped in,
-// so lookups never see a half-loaded one.
+// warning as LoadIndex does.
 func (r *Repository) reloadIndex(ctx context.Context, keys []string) error {
+	return r.setIndex(func(add func(key string, f *indexFile)) error {
+		bad, err := r.eachIndex(ctx, keys, nil, add)
+		if err == nil {
+			r.warnDamaged(bad)
+		}
+		return err
+	})
+}
+
+// setIndex replaces the in-memory index with the index objects fill adds.
+// The new index is built aside and swapped in, so lookups never see a
+// half-loaded one.
+func (r *Repository) setIndex(fill func(add func(key string, f *indexFile)) error) error {
 	fresh := &Repository{index: map[ChunkID]BlobRef{}}
 	loaded := map[string]bool{}
-	bad, err := r.eachIndex(ctx, keys, nil, func(key string, f *indexFile) {
+	if err := fill(func(key string, f *indexFile) {
 		fresh.addIndex(f)
 		loaded[key] = true
-	})
-	if err != nil {
+	}); err != nil {
 		return err
 	}
-	r.warnDamaged(bad)
 	r.mu.Lock()
 	r.index, r.indexes = fresh.index, loaded
 	r.mu.Unlock()

@@ -51,6 +51,14 @@ type packEntry struct {
 
 func packKey(id string) string { return packPrefix + id[:2] + "/" + id }
 
+// blobFits reports whether a blob's stored length, plain size and flags
+// are ones this repository can have written. Index objects and pack
+// trailers are checked with it when decoded, so readers can size
+// downloads and slice buffers with what they say.
+func (r *Repository) blobFits(length, raw int, flags uint8) bool {
+	return length > 0 && length <= r.maxBlob()+blobOverhead && raw > 0 && raw <= r.maxBlob() && flags&^blobFlagZstd == 0
+}
+
 // validPackID reports whether id is a pack id (32 hex digits, what a
 // backup names its packs): ids come from stored bytes and keys.
 func validPackID(id string) bool {
@@ -120,8 +128,8 @@ func (r *Repository) decodeTrailer(t []byte) ([]packEntry, error) {
 		e.Length = int(binary.LittleEndian.Uint32(t[32:]))
 		e.Raw = int(binary.LittleEndian.Uint32(t[36:]))
 		e.Flags = t[40]
-		if e.Flags&^blobFlagZstd != 0 {
-			return nil, fmt.Errorf("pack trailer: %w: unknown blob flags", ErrCorrupt)
+		if !r.blobFits(e.Length, e.Raw, e.Flags) {
+			return nil, fmt.Errorf("pack trailer: %w: blob %d: length %d, size %d, flags %d are outside the chunk limit", ErrCorrupt, i, e.Length, e.Raw, e.Flags)
 		}
 		t = t[packEntrySize:]
 	}

@@ -776,9 +776,6 @@ func (r *Repository) streamSpans(ids []ChunkID) ([]streamSpan, error) {
 		if !ok {
 			return nil, fmt.Errorf("chunk %s: %w: not in the index", id, ErrCorrupt)
 		}
-		if ref.Raw <= 0 || ref.Raw > r.maxBlob() {
-			return nil, fmt.Errorf("chunk %s in pack %s: %w: size %d is outside the repository's chunk limit", id, ref.Pack, ErrCorrupt, ref.Raw)
-		}
 		end := ref.Offset + int64(ref.Length)
 		if n := len(spans); n > 0 {
 			sp := &spans[n-1]

@@ -298,6 +298,26 @@ func TestStreamRoundTripAndFailingCommand(t *testing.T) {
 	}
 }
 
+// backupCatStream backs up data as the stream "db" of a new snapshot,
+// the stdout of `cat`, and returns the snapshot and its tree.
+func backupCatStream(t *testing.T, r *Repository, data []byte) (*Manifest, *Tree) {
+	t.Helper()
+	ctx := context.Background()
+	in := filepath.Join(t.TempDir(), "in")
+	if err := os.WriteFile(in, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, err := r.Backup(ctx, BackupRequest{Streams: []StreamSource{{Name: "db", Command: []string{"cat", in}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := r.ReadTree(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, tree
+}
+
 // TestLongStreamRestoresInOrder: a stream of many spans, over several
 // packs and with chunks it repeats, comes back byte for byte although its
 // downloads run ahead of the writer, two at a time, encrypted.
@@ -315,18 +335,7 @@ func TestLongStreamRestoresInOrder(t *testing.T) {
 			for _, part := range [][]byte{a, text, b, a, randBytes(12 << 20), text, b} {
 				data = append(data, part...)
 			}
-			in := filepath.Join(t.TempDir(), "in")
-			if err := os.WriteFile(in, data, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			m, err := r.Backup(ctx, BackupRequest{Streams: []StreamSource{{Name: "db", Command: []string{"cat", in}}}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			tree, err := r.ReadTree(ctx, m)
-			if err != nil {
-				t.Fatal(err)
-			}
+			m, tree := backupCatStream(t, r, data)
 			spans, err := r.streamSpans(tree.Streams[0].Chunks)
 			if err != nil {
 				t.Fatal(err)

@@ -102,17 +102,8 @@ func TestCorruptStreamNeverEndsCleanly(t *testing.T) {
 	ctx := context.Background()
 	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
 	r := openRepo(t, s, nil)
-	in := filepath.Join(t.TempDir(), "in")
-	os.WriteFile(in, randBytes(6<<20), 0o600) // several chunks, incompressible
-	m, err := r.Backup(ctx, BackupRequest{Streams: []StreamSource{{Name: "db", Command: []string{"cat", in}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, tree := backupCatStream(t, r, randBytes(6<<20)) // several chunks, incompressible
 	// Damage the stream's last chunk, so the earlier ones reach the command.
-	tree, err := r.ReadTree(ctx, m)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ids := tree.Streams[0].Chunks
 	ref, _ := r.lookup(ids[len(ids)-1])
 	rc, err := s.Get(ctx, packKey(ref.Pack))

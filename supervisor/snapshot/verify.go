@@ -492,8 +492,9 @@ func RepairIndex(ctx context.Context, r *Repository) (*RepairResult, error) {
 		return nil, fmt.Errorf("repair index: %w", err)
 	}
 	sort.Slice(packs, func(i, j int) bool { return packs[i].ID < packs[j].ID })
+	written := map[string][]indexPack{}
 	if len(packs) > 0 {
-		if err := r.writeIndexes(ctx, packs, nil); err != nil {
+		if err := r.writeIndexes(ctx, packs, func(key string, group []indexPack) { written[key] = group }); err != nil {
 			return nil, fmt.Errorf("repair index: %w", err)
 		}
 		res.PacksIndexed = len(packs)
@@ -506,13 +507,18 @@ func RepairIndex(ctx context.Context, r *Repository) (*RepairResult, error) {
 	}
 	sort.Strings(res.IndexesDeleted)
 	sort.Strings(res.BadPacks)
-	keys, err := r.listKeys(ctx, indexPrefix, "index")
-	if err == nil {
-		err = r.reloadIndex(ctx, keys)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("repair index: %w", err)
-	}
+	// The index is now what was read and what was written: it need not
+	// be downloaded again. (Objects other backups wrote meanwhile are
+	// not loaded, so LoadIndex reads them.)
+	r.setIndex(func(add func(key string, f *indexFile)) error {
+		for key, f := range good {
+			add(key, f)
+		}
+		for key, group := range written {
+			add(key, &indexFile{Version: 1, Packs: group})
+		}
+		return nil
+	})
 	r.log.Info("index repaired", "packs_indexed", res.PacksIndexed, "bad_packs", len(res.BadPacks), "indexes_deleted", len(res.IndexesDeleted))
 	return res, nil
 }
