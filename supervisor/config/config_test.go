@@ -167,6 +167,19 @@ store {
 	}
 }
 
+// TestRedactURLHidesUserInfoSecrets: a password, and a user name given
+// alone (often a token), never show.
+func TestRedactURLHidesUserInfoSecrets(t *testing.T) {
+	for raw, want := range map[string]string{
+		"https://monitor:hunter2@db:8443/h":    "https://monitor:xxxxx@db:8443/h",
+		"https://hunter2-token@db:8443/health": "https://xxxxx@db:8443/health",
+	} {
+		if got := RedactURL(raw); got != want || strings.Contains(got, "hunter2") {
+			t.Errorf("RedactURL(%q) = %q, want %q", raw, got, want)
+		}
+	}
+}
+
 func TestUnparseableStoreURLErrorHidesPassword(t *testing.T) {
 	src := "store {\n  url = \"s3://AKIA:hunter2-pw@bucket:notaport/prefix\"\n}\n"
 	_, err := Parse("s.hcl", []byte(src))

@@ -70,15 +70,19 @@ func (c *Config) Summary(w io.Writer) {
 	p("log:           format=%s level=%s", c.Log.Format, c.Log.Level)
 }
 
-// RedactURL hides the password of a URL's user info and secret-looking
-// query values (key, secret, token, password): store URLs, HTTP checks.
+// RedactURL hides the password of a URL's user info, a user name given
+// alone (it may be a token), and secret-looking query values (key,
+// secret, token, password): store URLs, HTTP checks.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparseable URL)"
 	}
-	if _, ok := u.User.Password(); ok {
+	switch _, hasPassword := u.User.Password(); {
+	case hasPassword:
 		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	case u.User != nil:
+		u.User = url.User("xxxxx")
 	}
 	q := u.Query()
 	for k := range q {

@@ -94,12 +94,14 @@ func ParseURL(rawURL string) (*url.URL, error) {
 		return u, nil
 	}
 	if scheme, rest, ok := strings.Cut(rawURL, "://"); ok {
-		head, _, _ := strings.Cut(rest, "?")
-		if i := strings.LastIndex(head, "@"); i >= 0 {
+		// The last "@" anywhere: a password may hold "?" or "#", which
+		// would end the user info for the parser.
+		if i := strings.LastIndex(rest, "@"); i >= 0 {
 			if _, err := url.Parse(scheme + "://user:xxxxx@" + rest[i+1:]); err != nil {
 				return nil, unwrapURLError(err)
 			}
-			return nil, errors.New("the credentials in it are not URL-escaped (/ as %2F, + as %2B, @ as %40)")
+			return nil, errors.New("the credentials in it are not URL-escaped (/ as %2F, + as %2B, @ as %40, ? as %3F); " +
+				"lifeboat does not take S3 credentials from the URL: set store.access_key and store.secret_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 		}
 	}
 	return nil, unwrapURLError(err)

@@ -326,6 +326,8 @@ func TestBadStoreURLs(t *testing.T) {
 		// An unescaped "/" in the secret: the parser would quote
 		// ":hunter2" as a port.
 		"s3://AKIA:hunter2/xyz@host/b": "credentials in it are not URL-escaped",
+		// A "?" in it: the parser would end the user info there.
+		"s3://AKIA:hunter2?x@host/b": "credentials in it are not URL-escaped",
 	} {
 		_, err := storage.Open(ctx, url, storage.Options{})
 		if err == nil || !strings.Contains(err.Error(), want) {
