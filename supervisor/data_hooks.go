@@ -58,7 +58,7 @@ func (s *Supervisor) runHook(ctx context.Context, name string, vars, meta map[st
 }
 
 // runConfigHook runs a configured hook (data or election) through the
-// hook runner, with the reaper as its starter when lifeboat is PID 1.
+// hook runner, with the reaper as its starter once Run has started.
 func (s *Supervisor) runConfigHook(ctx context.Context, h *config.Hook, vars map[string]string, opts ...hooks.Option) (hooks.Result, error) {
 	r := hooks.Runner{Logger: s.log}
 	if s.reaper != nil {

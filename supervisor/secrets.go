@@ -214,9 +214,10 @@ func ResolveStoreVault(ctx context.Context, cfg *config.Config, log *slog.Logger
 	return resolveStoreVault(ctx, cfg.Store, cl)
 }
 
-// IsConfigError reports whether err from this package's secrets functions
-// is a configuration mistake (exit 2) rather than a failure to reach or
-// read Consul or Vault (exit 1).
+// IsConfigError reports whether err from this package (secrets, opening
+// the store, the data directory) is a configuration mistake (exit 2)
+// rather than a failure to reach or read Consul, Vault or the store
+// (exit 1).
 func IsConfigError(err error) bool {
 	var ue usageError
 	return errors.As(err, &ue)

@@ -87,8 +87,8 @@ func exitWith(name string, err error) int {
 	return exitFailure
 }
 
-// withRepo loads the config, opens the existing repository and calls fn:
-// the start of every command that reads a repository. It returns fn's exit
+// withRepo loads the config, opens the existing repository without its
+// index and calls fn: the start of snapshots, verify and prune. It returns fn's exit
 // code, or exitWith's for an error.
 func (f *repoFlags) withRepo(name string, fn func(s *session, repo *snapshot.Repository) (int, error)) int {
 	s, err := f.load("")
@@ -159,8 +159,9 @@ func (f *repoFlags) load(data string) (*session, error) {
 // not invent an empty repository where the user mistyped a URL);
 // opts.SkipIndex leaves its index unloaded. Key and logger are filled in.
 func (s *session) openRepo(opts snapshot.Options) (*snapshot.Repository, error) {
-	// store.vault: log in to Vault (the vault block, or VAULT_TOKEN) and
-	// fill the store's credentials and key from it, as lifeboat run does.
+	// store.vault: log in to Vault (the vault block; VAULT_ADDR and
+	// VAULT_TOKEN fill it in) and fill the store's credentials and key
+	// from it, as lifeboat run does.
 	if err := supervisor.ResolveStoreVault(s.ctx, s.cfg, s.log); err != nil {
 		if supervisor.IsConfigError(err) {
 			return nil, &cliError{exitUsage, err}

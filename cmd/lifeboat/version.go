@@ -3,7 +3,8 @@ package main
 import (
 	"fmt"
 	"runtime"
-	"runtime/debug"
+
+	"github.com/lifeboat/lifeboat/supervisor/metrics"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -15,12 +16,8 @@ func init() {
 
 func runVersion(args []string) int {
 	rev := ""
-	if info, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range info.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				rev = " (" + s.Value[:12] + ")"
-			}
-		}
+	if r := metrics.VCSRevision(); len(r) >= 12 {
+		rev = " (" + r[:12] + ")"
 	}
 	fmt.Printf("lifeboat %s%s %s %s/%s\n", version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return 0

@@ -441,9 +441,10 @@ func (r *Registration) register(ctx context.Context) error {
 	role := r.role
 	maint, reason := r.maint, r.maintReason
 	// Replacing the checks also deletes the agent's maintenance check: only
-	// when the agent holds checks of an earlier run (the first
-	// registration) or none of ours (it forgot the service).
-	replace := r.registrations == 0 || !r.registered
+	// when the agent holds checks of an earlier run (before the first
+	// registration) or none of ours (it forgot the service); registered is
+	// never set before the first.
+	replace := !r.registered
 	var last *Result
 	if r.last != nil {
 		l := *r.last
