@@ -28,7 +28,8 @@ type MaintenanceRequest struct {
 // reports it critical, with reason, and routes no one to it) or takes it
 // out. The mode is kept across re-registrations. Before the first
 // registration it is only recorded and sent with it; when the agent does
-// not take the change, the old mode stays and the error says why.
+// not take the change, the old mode stays and the error says why (a
+// drain's maintenance stays recorded even then).
 func (r *Registration) SetMaintenance(ctx context.Context, enable bool, reason string) error {
 	if enable && reason == "" {
 		reason = DefaultMaintenanceReason
@@ -60,8 +61,17 @@ func (r *Registration) SetMaintenance(ctx context.Context, enable bool, reason s
 	}
 	if err != nil {
 		r.mu.Lock()
-		r.maint, r.maintReason = prev, prevReason
+		// A drain's maintenance is kept even so: it goes out with the
+		// next registration, and the instance must never turn passing
+		// again while lifeboat shuts down.
+		kept := enable && r.draining && r.checker == nil
+		if !kept {
+			r.maint, r.maintReason = prev, prevReason
+		}
 		r.mu.Unlock()
+		if kept {
+			r.m.maintenance.Set(1)
+		}
 		verb := "enabling"
 		if !enable {
 			verb = "disabling"

@@ -588,6 +588,34 @@ func TestReregistersAfterAgentRestart(t *testing.T) {
 	}
 }
 
+// TestDrainWhileAgentDownHolds: a service without a check drains while
+// its agent is down; the agent refuses the maintenance call, but the
+// drain's maintenance is kept and goes out with the registration once the
+// agent is back: the draining instance never turns passing again.
+func TestDrainWhileAgentDownHolds(t *testing.T) {
+	c := testrig.StartConsul(t)
+	cl := client(t, c)
+	r := start(t, service.Options{Client: cl, Name: "ebb", ID: "ebb"})
+	waitFor(t, "registered", tagsAre(cl, "ebb"))
+
+	c.Stop()
+	if err := r.Drain(context.Background(), "SIGTERM"); err == nil {
+		t.Fatal("Drain reported the agent took maintenance while it was down")
+	}
+	if st := r.Status(); !st.Maintenance {
+		t.Fatalf("status after a refused drain: %+v", st)
+	}
+	c.Start(t)
+	checkIs(t, cl, "_service_maintenance:ebb", api.HealthCritical, "")
+	entries, _, err := cl.Health().Service("ebb", "", true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 0 {
+		t.Fatalf("%d passing instances of a draining service, want 0", len(entries))
+	}
+}
+
 // TestFrozenAgent: an agent that answers nothing (SIGSTOP) holds no call
 // longer than the request timeout; status says so; once it thaws, results
 // flow again.
