@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -69,14 +71,7 @@ func TestHostileIndexEntriesAreRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := r.listKeys(ctx, indexPrefix, "index")
-	if err != nil || len(keys) != 1 {
-		t.Fatalf("index objects: %v (%v), want one", keys, err)
-	}
-	idx, err := r.readIndex(ctx, keys[0])
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, idx := onlyIndex(t, r)
 	size := idx.Packs[0].Size
 	for name, bad := range map[string]func(b *indexBlob){
 		"negative length":      func(b *indexBlob) { b.Length = -1 },
@@ -97,10 +92,10 @@ func TestHostileIndexEntriesAreRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := r.decodeIndex(keys[0], b); !errors.Is(err, ErrCorrupt) {
+			if _, err := r.decodeIndex(key, b); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("decode: err = %v, want ErrCorrupt", err)
 			}
-			if err := s.Put(ctx, keys[0], bytes.NewReader(b), int64(len(b))); err != nil {
+			if err := s.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
 				t.Fatal(err)
 			}
 			r2, err := Open(ctx, s, Options{})
@@ -114,4 +109,66 @@ func TestHostileIndexEntriesAreRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestOverlappingBlobsAreRefused: an index that gives two chunks the same
+// bytes of a pack (each entry fits the pack on its own, so the index
+// decodes) makes a tree restore fail as corrupt, without the completion
+// marker. The restore reads a span of a pack blob by blob, in order.
+func TestOverlappingBlobsAreRefused(t *testing.T) {
+	ctx := context.Background()
+	s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := openRepo(t, s, nil)
+	src := t.TempDir()
+	for _, name := range []string{"a", "b"} {
+		if err := os.WriteFile(filepath.Join(src, name), randBytes(64<<10), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Backup(ctx, BackupRequest{Dir: src}); err != nil {
+		t.Fatal(err)
+	}
+	key, idx := onlyIndex(t, r)
+	blobs := idx.Packs[0].Blobs
+	if len(blobs) != 2 {
+		t.Fatalf("%d blobs, want 2", len(blobs))
+	}
+	blobs[1].Offset = blobs[0].Offset + int64(blobs[0].Length)/2
+	b, err := r.encodeObject("index", idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := Open(ctx, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "restored")
+	_, err = r2.Restore(ctx, RestoreRequest{Target: dst})
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "overlap") {
+		t.Fatalf("restore: err = %v, want ErrCorrupt for overlapping blobs", err)
+	}
+	if _, ok := RestoredFrom(dst); ok || !RestoreIncomplete(dst) {
+		t.Errorf("a failed restore must stay marked incomplete")
+	}
+}
+
+// onlyIndex reads the repository's one index object.
+func onlyIndex(t *testing.T, r *Repository) (string, *indexFile) {
+	t.Helper()
+	ctx := context.Background()
+	keys, err := r.listKeys(ctx, indexPrefix, "index")
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("index objects: %v (%v), want one", keys, err)
+	}
+	idx, err := r.readIndex(ctx, keys[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys[0], idx
 }
