@@ -92,8 +92,17 @@ func (r *Repository) Restore(ctx context.Context, req RestoreRequest) (*RestoreR
 	res := &RestoreResult{Manifest: m}
 	prog := startProgress(req.Progress)
 	defer prog.finish()
+	var fl *flusher
 	if req.Target != "" {
-		if err := r.restoreTree(ctx, req, m, tree, prog, res); err != nil {
+		root, err := prepareTarget(req, m)
+		if err != nil {
+			return nil, err
+		}
+		if fl, err = startFlusher(root); err != nil {
+			return nil, err
+		}
+		defer fl.close()
+		if err := r.restoreTree(ctx, root, fl, tree, prog, res); err != nil {
 			return nil, err
 		}
 	}
@@ -109,7 +118,7 @@ func (r *Repository) Restore(ctx context.Context, req RestoreRequest) (*RestoreR
 		res.Bytes += st.Size
 	}
 	if req.Target != "" {
-		if err := finishMarkers(req.Target, m, !req.Unfinished); err != nil {
+		if err := finishMarkers(fl, req.Target, m, !req.Unfinished); err != nil {
 			return nil, err
 		}
 	}
@@ -273,20 +282,101 @@ func writeMarker(p string, v any) error {
 	return f.Close()
 }
 
-// finishMarkers syncs the restored data, then writes the completion marker
-// and, when finish is set, removes the in-progress one.
-func finishMarkers(target string, m *Manifest, finish bool) error {
-	return afterSyncfs(target, func(d *os.File) error {
-		if err := writeMarker(filepath.Join(target, RestoredMarker), map[string]any{"snapshot": m.ID, "time": m.Time, "restored": time.Now().UTC()}); err != nil {
+// finishMarkers syncs the restored data (fl's last syncfs), then writes
+// the completion marker and, when finish is set, removes the in-progress
+// one.
+func finishMarkers(fl *flusher, target string, m *Manifest, finish bool) error {
+	if err := fl.sync(); err != nil {
+		return fmt.Errorf("sync restored data: %w", err)
+	}
+	if err := writeMarker(filepath.Join(target, RestoredMarker), map[string]any{"snapshot": m.ID, "time": m.Time, "restored": time.Now().UTC()}); err != nil {
+		return err
+	}
+	if finish {
+		if err := os.Remove(filepath.Join(target, RestoringMarker)); err != nil {
 			return err
 		}
-		if finish {
-			if err := os.Remove(filepath.Join(target, RestoringMarker)); err != nil {
-				return err
-			}
+	}
+	return fl.dir.Sync()
+}
+
+// flushEvery is how many bytes a restore writes between two of its
+// background syncfs calls.
+const flushEvery = 64 << 20
+
+// flusher writes a restore's data to disk while the downloads go on: each
+// time flushEvery bytes were written since its last syncfs began, it
+// calls syncfs on the target's file system again, in the background. One
+// syncfs writes the blocks of many files in a few large requests; the
+// sync_file_range after each write that restore used before made one
+// request per chunk and per small file, and that CPU, a seventh of the
+// machine's during a restore, went to the download workers. The restore's
+// last syncfs then waits for the last batch only.
+//
+// Its directory is opened before the first file is written, and the last
+// syncfs goes through it too: syncfs reports a writeback error to each
+// descriptor open at the time, once, so an error in any batch fails the
+// restore.
+type flusher struct {
+	dir     *os.File
+	written atomic.Int64
+	kick    chan struct{}
+	quit    chan struct{}
+	done    chan struct{}
+	stop    func()
+	err     error // the first failed syncfs; read once done is closed
+}
+
+func startFlusher(dir string) (*flusher, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	f := &flusher{dir: d, kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	f.stop = sync.OnceFunc(func() { close(f.quit); <-f.done })
+	go f.run()
+	return f, nil
+}
+
+func (f *flusher) run() {
+	defer close(f.done)
+	for {
+		select {
+		case <-f.quit:
+			return
+		case <-f.kick:
 		}
-		return d.Sync()
-	})
+		f.written.Store(0)
+		if err := unix.Syncfs(int(f.dir.Fd())); err != nil && f.err == nil {
+			f.err = err
+		}
+	}
+}
+
+// wrote counts n bytes written to the target.
+func (f *flusher) wrote(n int) {
+	if f.written.Add(int64(n)) >= flushEvery {
+		select {
+		case f.kick <- struct{}{}:
+		default: // a syncfs is due already
+		}
+	}
+}
+
+// sync ends the background syncs and syncs the file system a last time.
+// Its error is that of the first syncfs that failed.
+func (f *flusher) sync() error {
+	f.stop()
+	err := unix.Syncfs(int(f.dir.Fd()))
+	if f.err != nil {
+		err = f.err
+	}
+	return err
+}
+
+func (f *flusher) close() {
+	f.stop()
+	f.dir.Close()
 }
 
 // FinishRestore ends a restore made with RestoreRequest.Unfinished: it
@@ -334,6 +424,7 @@ type outFile struct {
 	path      string
 	entry     *Entry
 	owners    bool // restore ownership (running as root)
+	flush     *flusher
 	once      sync.Once
 	fd        int // -1 until open succeeded
 	err       error
@@ -354,9 +445,9 @@ func (o *outFile) open() error {
 	return o.err
 }
 
-// write writes b at off and asks the kernel to start writing it back.
+// write writes b at off.
 func (o *outFile) write(b []byte, off int64) error {
-	start, n := off, int64(len(b))
+	o.flush.wrote(len(b))
 	for len(b) > 0 {
 		w, err := unix.Pwrite(o.fd, b, off)
 		switch {
@@ -369,7 +460,6 @@ func (o *outFile) write(b []byte, off int64) error {
 		}
 		b, off = b[w:], off+int64(w)
 	}
-	startWriteback(o.fd, start, n)
 	return nil
 }
 
@@ -433,34 +523,41 @@ type fetch struct {
 	targets []target
 }
 
-func (r *Repository) restoreTree(ctx context.Context, req RestoreRequest, m *Manifest, t *Tree, prog *progress, res *RestoreResult) error {
+// prepareTarget makes req.Target an empty directory (clearing it when
+// Force is set or it holds a half restore) marked as being restored, and
+// returns its absolute path.
+func prepareTarget(req RestoreRequest, m *Manifest) (string, error) {
 	root, err := filepath.Abs(req.Target)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := os.MkdirAll(root, 0o700); err != nil {
-		return err
+		return "", err
 	}
 	if fi, err := os.Lstat(root); err != nil || !fi.IsDir() {
-		return fmt.Errorf("restore target %s is not a directory", root)
+		return "", fmt.Errorf("restore target %s is not a directory", root)
 	}
 	empty, err := DirIsEmpty(root, req.Ignore...)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if !empty || RestoreIncomplete(root) {
 		if !req.Force && !RestoreIncomplete(root) {
-			return fmt.Errorf("%s: %w (use --force to replace its contents)", root, ErrNotEmpty)
+			return "", fmt.Errorf("%s: %w (use --force to replace its contents)", root, ErrNotEmpty)
 		}
 		if err := ClearDir(root, req.Ignore...); err != nil {
-			return fmt.Errorf("clear %s: %w", root, err)
+			return "", fmt.Errorf("clear %s: %w", root, err)
 		}
 	}
 	os.Remove(filepath.Join(root, RestoredMarker))
 	if err := writeMarker(filepath.Join(root, RestoringMarker), map[string]any{"snapshot": m.ID, "started": time.Now().UTC()}); err != nil {
-		return fmt.Errorf("mark restore in progress: %w", err)
+		return "", fmt.Errorf("mark restore in progress: %w", err)
 	}
+	return root, nil
+}
 
+// restoreTree writes the tree t into root, its data through fl.
+func (r *Repository) restoreTree(ctx context.Context, root string, fl *flusher, t *Tree, prog *progress, res *RestoreResult) error {
 	// Directories first; files are created by the download workers as
 	// their first chunk arrives (files without chunks afterwards).
 	byPack := map[string]map[ChunkID]*fetch{}
@@ -483,7 +580,7 @@ func (r *Repository) restoreTree(ctx context.Context, req RestoreRequest, m *Man
 				}
 			}
 		case KindFile:
-			out := &outFile{path: abs, entry: &t.Entries[i], owners: owners, fd: -1}
+			out := &outFile{path: abs, entry: &t.Entries[i], owners: owners, flush: fl, fd: -1}
 			out.remaining.Store(int64(len(e.Chunks)))
 			files = append(files, out)
 			res.Files++
@@ -757,16 +854,6 @@ func (r *Repository) openBlob(buf *[]byte, id ChunkID, ref BlobRef, stored []byt
 		return nil, fmt.Errorf("chunk %s in pack %s: %w: content does not match its id", id, ref.Pack, ErrCorrupt)
 	}
 	return plain, nil
-}
-
-// startWriteback asks the kernel to start writing a range just written to
-// disk, without waiting for it. The restore ends with syncfs before its
-// completion marker; without this, a restore smaller than the dirty-page
-// threshold (gigabytes on a large machine) leaves all of its disk writes
-// to that final sync, one after the other instead of overlapping with the
-// downloads. It is a hint: file systems without it are no worse off.
-func startWriteback(fd int, off, n int64) {
-	unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
 
 func allZero(b []byte) bool {
