@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -560,9 +561,13 @@ func (s *session) backupDir(ctx context.Context, req BackupRequest, parent func(
 			return err
 		}
 		st := info.Sys().(*syscall.Stat_t)
+		xattrs, odd := readXattrs(p)
+		for _, name := range odd {
+			s.stats.Skipped = append(s.stats.Skipped, fmt.Sprintf("%s: extended attribute %q (its name is not UTF-8; not backed up)", rel, name))
+		}
 		e := Entry{Path: rel, Mode: uint32(info.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)),
 			UID: st.Uid, GID: st.Gid, MTime: info.ModTime().UnixNano(), Dev: st.Dev, Inode: st.Ino,
-			CTime: st.Ctim.Sec*1e9 + st.Ctim.Nsec, Xattrs: readXattrs(p)}
+			CTime: st.Ctim.Sec*1e9 + st.Ctim.Nsec, Xattrs: xattrs}
 		switch {
 		case info.IsDir():
 			e.Kind = KindDir
@@ -802,19 +807,25 @@ func kindName(m fs.FileMode) string {
 
 // readXattrs returns the extended attributes of p (not following
 // symlinks); none when the file system has none or does not support them.
-func readXattrs(p string) map[string][]byte {
+// Names that are not UTF-8 cannot be stored (a JSON object's keys are
+// text) and are returned as odd instead.
+func readXattrs(p string) (xattrs map[string][]byte, odd []string) {
 	sz, err := unix.Llistxattr(p, nil)
 	if err != nil || sz <= 0 {
-		return nil
+		return nil, nil
 	}
 	buf := make([]byte, sz)
 	sz, err = unix.Llistxattr(p, buf)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	out := map[string][]byte{}
 	for _, name := range strings.Split(strings.TrimRight(string(buf[:sz]), "\x00"), "\x00") {
 		if name == "" {
+			continue
+		}
+		if !utf8.ValidString(name) {
+			odd = append(odd, name)
 			continue
 		}
 		n, err := unix.Lgetxattr(p, name, nil)
@@ -827,9 +838,9 @@ func readXattrs(p string) map[string][]byte {
 		}
 	}
 	if len(out) == 0 {
-		return nil
+		return nil, odd
 	}
-	return out
+	return out, odd
 }
 
 // killOnCancel kills the process group pgid and closes the pipes when ctx

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/zeebo/blake3"
 )
@@ -23,16 +24,22 @@ const (
 // relative to the backed-up directory; "." is the directory itself.
 // Parents come before their children.
 type Entry struct {
-	Path   string            `json:"path"`
-	Kind   string            `json:"kind"`
-	Mode   uint32            `json:"mode"` // permission bits plus setuid, setgid, sticky (os.FileMode bits)
-	UID    uint32            `json:"uid"`
-	GID    uint32            `json:"gid"`
-	MTime  int64             `json:"mtime"` // unix nanoseconds
-	Size   int64             `json:"size,omitempty"`
-	Target string            `json:"target,omitempty"` // symlink target, or the path a hardlink shares
-	Chunks []ChunkID         `json:"chunks,omitempty"`
-	Xattrs map[string][]byte `json:"xattrs,omitempty"`
+	Path   string `json:"path"`
+	Kind   string `json:"kind"`
+	Mode   uint32 `json:"mode"` // permission bits plus setuid, setgid, sticky (os.FileMode bits)
+	UID    uint32 `json:"uid"`
+	GID    uint32 `json:"gid"`
+	MTime  int64  `json:"mtime"` // unix nanoseconds
+	Size   int64  `json:"size,omitempty"`
+	Target string `json:"target,omitempty"` // symlink target, or the path a hardlink shares
+	// PathBytes and TargetBytes carry Path and Target when they are not
+	// valid UTF-8, which a JSON string cannot hold (file names and link
+	// texts are bytes); Path and Target then hold them with each invalid
+	// byte replaced by U+FFFD, for display only.
+	PathBytes   []byte            `json:"path_bytes,omitempty"`
+	TargetBytes []byte            `json:"target_bytes,omitempty"`
+	Chunks      []ChunkID         `json:"chunks,omitempty"`
+	Xattrs      map[string][]byte `json:"xattrs,omitempty"`
 	// Change detection against the next backup (not used by restore).
 	Dev   uint64 `json:"dev,omitempty"`
 	Inode uint64 `json:"inode,omitempty"`
@@ -233,11 +240,35 @@ func (r *Repository) ReadTree(ctx context.Context, m *Manifest) (*Tree, error) {
 	if t.Version != 1 {
 		return nil, fmt.Errorf("snapshot %s: tree version %d not supported", m.ID, t.Version)
 	}
+	for i := range t.Entries {
+		e := &t.Entries[i]
+		if e.PathBytes != nil {
+			e.Path, e.PathBytes = string(e.PathBytes), nil
+		}
+		if e.TargetBytes != nil {
+			e.Target, e.TargetBytes = string(e.TargetBytes), nil
+		}
+	}
 	return &t, nil
+}
+
+// keepBytes sets PathBytes and TargetBytes where Path and Target are not
+// valid UTF-8, which JSON would store with U+FFFD in place of the bytes.
+func (t *Tree) keepBytes() {
+	for i := range t.Entries {
+		e := &t.Entries[i]
+		if !utf8.ValidString(e.Path) {
+			e.PathBytes = []byte(e.Path)
+		}
+		if !utf8.ValidString(e.Target) {
+			e.TargetBytes = []byte(e.Target)
+		}
+	}
 }
 
 // commit writes the tree, then the manifest: the commit point.
 func (r *Repository) commit(ctx context.Context, m *Manifest, t *Tree) error {
+	t.keepBytes()
 	tb, err := r.encodeObject("tree", t)
 	if err != nil {
 		return err

@@ -105,6 +105,15 @@ func makeTree(t *testing.T, dir string) {
 	must(f.Truncate(6 << 20))
 	f.Close()
 	must(syscall.Mkfifo(filepath.Join(dir, "a-fifo"), 0o600))
+	// File names and link texts are bytes, not text. Two Latin-1 names
+	// that JSON alone would turn into the same "caf\uFFFD", a hardlink
+	// to one of them, a link text and a directory that are not UTF-8.
+	must(os.WriteFile(filepath.Join(dir, "caf\xe8"), []byte("latin-1 e grave"), 0o644))
+	must(os.WriteFile(filepath.Join(dir, "caf\xe9"), []byte("latin-1 e acute"), 0o644))
+	must(os.Link(filepath.Join(dir, "caf\xe9"), filepath.Join(dir, "hardlink-to-latin")))
+	must(os.Symlink("to-\xff", filepath.Join(dir, "link-\xfe")))
+	must(os.MkdirAll(filepath.Join(dir, "dir-\xe9"), 0o755))
+	must(os.WriteFile(filepath.Join(dir, "dir-\xe9", "inside"), []byte("in a Latin-1 directory"), 0o644))
 	if os.Geteuid() == 0 {
 		must(os.Lchown(filepath.Join(dir, "small.txt"), 1234, 5678))
 		must(os.Lchown(filepath.Join(dir, "link-rel"), 4321, 8765))
@@ -208,6 +217,45 @@ func TestRoundTrip(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestXattrNameNotUTF8IsReported: an extended attribute whose name is not
+// UTF-8 cannot be stored (JSON object keys are text): the backup names it
+// among the skipped entries and keeps the file's other attributes.
+func TestXattrNameNotUTF8IsReported(t *testing.T) {
+	src := t.TempDir()
+	p := filepath.Join(src, "f")
+	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(p, "user.caf\xe9", []byte("v"), 0); err != nil {
+		t.Skipf("no user xattrs here: %v", err)
+	}
+	if err := unix.Setxattr(p, "user.ok", []byte("kept"), 0); err != nil {
+		t.Fatal(err)
+	}
+	s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := openRepo(t, s, nil)
+	ctx := context.Background()
+	m, err := r.Backup(ctx, BackupRequest{Dir: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Stats.Skipped) != 1 || !strings.Contains(m.Stats.Skipped[0], `extended attribute "user.caf\xe9"`) {
+		t.Errorf("skipped: %q", m.Stats.Skipped)
+	}
+	dst := filepath.Join(t.TempDir(), "r")
+	if _, err := r.Restore(ctx, RestoreRequest{Target: dst}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	n, err := unix.Getxattr(filepath.Join(dst, "f"), "user.ok", buf)
+	if err != nil || string(buf[:n]) != "kept" {
+		t.Errorf("user.ok after restore: %q, %v", buf[:n], err)
 	}
 }
 
