@@ -172,3 +172,23 @@ func onlyIndex(t *testing.T, r *Repository) (string, *indexFile) {
 	}
 	return keys[0], idx
 }
+
+// TestDeeplyNestedObjectIsRefused: a stored object (what anyone who can
+// write to an unencrypted repository's bucket controls) nesting a few
+// million arrays under a name the reader does not know is corrupt, not a
+// stack overflow that takes the process down.
+func TestDeeplyNestedObjectIsRefused(t *testing.T) {
+	s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := openRepo(t, s, nil)
+	const depth = 4 << 20
+	js := `{"version":1,"unknown":` + strings.Repeat("[", depth) + strings.Repeat("]", depth) + `}`
+	b := append(append(append([]byte{}, envelopeMagic...), flagZstd), r.zenc.EncodeAll([]byte(js), nil)...)
+	for kind, v := range map[string]any{"tree": new(Tree), "manifest": new(Manifest), "index": new(indexFile)} {
+		if err := r.decodeObject(kind, b, v); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: err = %v, want ErrCorrupt", kind, err)
+		}
+	}
+}
