@@ -561,13 +561,9 @@ func (s *session) backupDir(ctx context.Context, req BackupRequest, parent func(
 			return err
 		}
 		st := info.Sys().(*syscall.Stat_t)
-		xattrs, odd := readXattrs(p)
-		for _, name := range odd {
-			s.stats.Skipped = append(s.stats.Skipped, fmt.Sprintf("%s: extended attribute %q (its name is not UTF-8; not backed up)", rel, name))
-		}
 		e := Entry{Path: rel, Mode: uint32(info.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)),
 			UID: st.Uid, GID: st.Gid, MTime: info.ModTime().UnixNano(), Dev: st.Dev, Inode: st.Ino,
-			CTime: st.Ctim.Sec*1e9 + st.Ctim.Nsec, Xattrs: xattrs}
+			CTime: st.Ctim.Sec*1e9 + st.Ctim.Nsec}
 		switch {
 		case info.IsDir():
 			e.Kind = KindDir
@@ -596,6 +592,11 @@ func (s *session) backupDir(ctx context.Context, req BackupRequest, parent func(
 		default:
 			s.stats.Skipped = append(s.stats.Skipped, rel+": "+kindName(info.Mode())+" (not backed up)")
 			return nil
+		}
+		var odd []string
+		e.Xattrs, odd = readXattrs(p)
+		for _, name := range odd {
+			s.stats.Skipped = append(s.stats.Skipped, fmt.Sprintf("%s: extended attribute %q (its name is not UTF-8; not backed up)", rel, name))
 		}
 		tree.Entries = append(tree.Entries, e)
 		return nil

@@ -311,7 +311,9 @@ const flushEvery = 64 << 20
 // sync_file_range after each write that restore used before made one
 // request per chunk and per small file, and that CPU, a seventh of the
 // machine's during a restore, went to the download workers. The restore's
-// last syncfs then waits for the last batch only.
+// last syncfs then waits for the last batch only. (syncfs writes out the
+// whole file system, other writers' dirty data too; a restore runs before
+// the app starts, and its last syncfs always did.)
 //
 // Its directory is opened before the first file is written, and the last
 // syncfs goes through it too: syncfs reports a writeback error to each
@@ -321,10 +323,9 @@ type flusher struct {
 	dir     *os.File
 	written atomic.Int64
 	kick    chan struct{}
-	quit    chan struct{}
-	done    chan struct{}
-	stop    func()
-	err     error // the first failed syncfs; read once done is closed
+	quit    func()        // ends run (once)
+	done    chan struct{} // closed when run has returned
+	err     error         // the first failed syncfs; read once done is closed
 }
 
 func startFlusher(dir string) (*flusher, error) {
@@ -332,17 +333,17 @@ func startFlusher(dir string) (*flusher, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &flusher{dir: d, kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
-	f.stop = sync.OnceFunc(func() { close(f.quit); <-f.done })
-	go f.run()
+	quit := make(chan struct{})
+	f := &flusher{dir: d, kick: make(chan struct{}, 1), quit: sync.OnceFunc(func() { close(quit) }), done: make(chan struct{})}
+	go f.run(quit)
 	return f, nil
 }
 
-func (f *flusher) run() {
+func (f *flusher) run(quit <-chan struct{}) {
 	defer close(f.done)
 	for {
 		select {
-		case <-f.quit:
+		case <-quit:
 			return
 		case <-f.kick:
 		}
@@ -366,7 +367,8 @@ func (f *flusher) wrote(n int) {
 // sync ends the background syncs and syncs the file system a last time.
 // Its error is that of the first syncfs that failed.
 func (f *flusher) sync() error {
-	f.stop()
+	f.quit()
+	<-f.done
 	err := unix.Syncfs(int(f.dir.Fd()))
 	if f.err != nil {
 		err = f.err
@@ -374,9 +376,15 @@ func (f *flusher) sync() error {
 	return err
 }
 
+// close ends the background syncs and closes the directory once a
+// syncfs still running has returned: a restore that failed or was
+// cancelled does not wait for the disk.
 func (f *flusher) close() {
-	f.stop()
-	f.dir.Close()
+	f.quit()
+	go func() {
+		<-f.done
+		f.dir.Close()
+	}()
 }
 
 // FinishRestore ends a restore made with RestoreRequest.Unfinished: it
@@ -715,7 +723,7 @@ func (r *Repository) downloadPacks(ctx context.Context, byPack map[string]map[Ch
 		for _, f := range list {
 			end := f.ref.Offset + int64(f.ref.Length)
 			if cur != nil && f.ref.Offset-cur.end <= rangeGap && end-cur.off <= maxRange {
-				cur.end = end
+				cur.end = max(cur.end, end)
 				cur.blobs = append(cur.blobs, f)
 				continue
 			}
@@ -747,8 +755,8 @@ func (r *Repository) downloadPacks(ctx context.Context, byPack map[string]map[Ch
 			if err != nil {
 				return fmt.Errorf("pack %s: %w", sp.pack, err)
 			}
+			prog.stored.Add(f.ref.Offset + int64(f.ref.Length) - pos) // with the bytes skipped
 			pos = f.ref.Offset + int64(f.ref.Length)
-			prog.stored.Add(int64(f.ref.Length))
 			plain, err := r.openBlob(&bufs.plain, f.id, f.ref, stored)
 			if err != nil {
 				return err
