@@ -397,10 +397,17 @@ func (s *Supervisor) restoreOne(ctx context.Context, m *snapshot.Manifest) (*sna
 		return nil, err
 	}
 	if postRestore {
+		// Opened before the hook writes, so that a disk error under its
+		// writes cannot go unreported (see snapshot.Finisher).
+		fin, err := snapshot.NewFinisher(dir)
+		if err != nil {
+			return nil, fmt.Errorf("finish the restore: %w", err)
+		}
+		defer fin.Close()
 		if _, err := s.runHook(ctx, hookPostRestore, s.hookVars(hookPostRestore, "", m.ID), m.Meta); err != nil {
 			return nil, err
 		}
-		if err := snapshot.FinishRestore(dir); err != nil {
+		if err := fin.Finish(); err != nil {
 			return nil, fmt.Errorf("finish the restore after post_restore: %w", err)
 		}
 	}

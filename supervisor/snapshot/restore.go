@@ -48,7 +48,7 @@ type RestoreRequest struct {
 	// Unfinished leaves RestoringMarker in place after the data and
 	// RestoredMarker are on disk: the caller has more to do before the
 	// directory may be used (a post_restore hook) and ends the restore
-	// with FinishRestore.
+	// with a Finisher.
 	Unfinished bool
 }
 
@@ -315,10 +315,11 @@ const flushEvery = 64 << 20
 // whole file system, other writers' dirty data too; a restore runs before
 // the app starts, and its last syncfs always did.)
 //
-// Its directory is opened before the first file is written, and the last
-// syncfs goes through it too: syncfs reports a writeback error to each
-// descriptor open at the time, once, so an error in any batch fails the
-// restore.
+// Its directory is opened before the first file is written, every syncfs
+// goes through it, and the first error of a background one is kept: syncfs
+// reports a writeback error once to each descriptor opened before the
+// error was first reported, so the last syncfs is not told again, and one
+// through a descriptor opened later would not be told at all.
 type flusher struct {
 	dir     *os.File
 	written atomic.Int64
@@ -387,31 +388,47 @@ func (f *flusher) close() {
 	}()
 }
 
-// FinishRestore ends a restore made with RestoreRequest.Unfinished: it
-// removes RestoringMarker and syncs the directory, so the target counts as
-// complete after a crash only once this returned. Whatever the caller
-// changed in the target meanwhile is synced first.
-func FinishRestore(target string) error {
-	return afterSyncfs(target, func(d *os.File) error {
-		if err := os.Remove(filepath.Join(target, RestoringMarker)); err != nil {
-			return err
-		}
-		return d.Sync()
-	})
+// A Finisher ends a restore made with RestoreRequest.Unfinished. Open it
+// before anything else writes to the target (a post_restore hook): its
+// syncfs goes through the descriptor it opened, so a disk error under the
+// hook's writes fails Finish even when somebody else's syncfs (another
+// process on a shared file system) reported it first. syncfs tells an
+// error only to descriptors opened before it was first reported.
+type Finisher struct {
+	target string
+	dir    *os.File
 }
 
-// afterSyncfs syncs the file system holding dir, then calls then with dir
-// open.
-func afterSyncfs(dir string, then func(d *os.File) error) error {
-	d, err := os.Open(dir)
+// NewFinisher opens target for Finish.
+func NewFinisher(target string) (*Finisher, error) {
+	d, err := os.Open(target)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer d.Close()
-	if err := unix.Syncfs(int(d.Fd())); err != nil {
+	return &Finisher{target: target, dir: d}, nil
+}
+
+// Finish syncs the target's file system, removes RestoringMarker and
+// syncs the directory, so the target counts as complete after a crash
+// only once this returned. It closes the Finisher.
+func (f *Finisher) Finish() error {
+	defer f.Close()
+	if err := unix.Syncfs(int(f.dir.Fd())); err != nil {
 		return fmt.Errorf("sync restored data: %w", err)
 	}
-	return then(d)
+	if err := os.Remove(filepath.Join(f.target, RestoringMarker)); err != nil {
+		return err
+	}
+	return f.dir.Sync()
+}
+
+// Close releases a Finisher without finishing (the hook failed: the
+// target stays a half restore).
+func (f *Finisher) Close() {
+	if f.dir != nil {
+		f.dir.Close()
+		f.dir = nil
+	}
 }
 
 // target is one place a chunk's bytes go.
