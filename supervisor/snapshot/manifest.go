@@ -113,6 +113,13 @@ func (r *Repository) Snapshots(ctx context.Context) ([]*Manifest, error) {
 	return r.listManifests(ctx, false)
 }
 
+// manifestReads is how many manifests are read at once. They are small
+// (about 1 KiB), so the round trips, not the bytes, are the cost: every
+// container start reads all of them, and a repository that backs up on
+// every push holds hundreds between two prunes. Through a store 10 ms
+// away, 152 manifests took 0.53 s to list 8 at a time.
+const manifestReads = 32
+
 // listManifests reads every manifest, oldest first. strict makes one that
 // cannot be read an error (prune must not decide on a partial list);
 // otherwise it is skipped with a warning.
@@ -122,7 +129,7 @@ func (r *Repository) listManifests(ctx context.Context, strict bool) ([]*Manifes
 		return nil, err
 	}
 	out := make([]*Manifest, len(keys))
-	err = parallel(ctx, r.conc, indices(len(keys)), func(ctx context.Context, i int) error {
+	err = parallel(ctx, max(r.conc, manifestReads), indices(len(keys)), func(ctx context.Context, i int) error {
 		m, err := r.readManifest(ctx, keys[i])
 		switch {
 		case err != nil && strict:
