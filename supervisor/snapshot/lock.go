@@ -276,11 +276,11 @@ func (r *Repository) pruneLease(ctx context.Context) (*lease, error) {
 }
 
 // reloadIndex replaces the in-memory index with what the index objects
-// keys (all there are, just listed) say, skipping damaged ones with a
+// objs (all there are, just listed) say, skipping damaged ones with a
 // warning as LoadIndex does.
-func (r *Repository) reloadIndex(ctx context.Context, keys []string) error {
+func (r *Repository) reloadIndex(ctx context.Context, objs []storage.ObjectInfo) error {
 	return r.setIndex(func(add func(key string, f *indexFile)) error {
-		bad, err := r.eachIndex(ctx, keys, nil, add)
+		bad, err := r.eachIndex(ctx, objs, nil, add)
 		if err == nil {
 			r.warnDamaged(bad)
 		}
@@ -325,12 +325,12 @@ func (r *Repository) readIndexes(ctx context.Context) (map[string]*indexFile, er
 // list, to read: a network error, an unsupported version) is err: such an
 // object is not known to be damaged, so nobody may delete it as such.
 func (r *Repository) readIndexesTolerant(ctx context.Context) (good map[string]*indexFile, bad map[string]error, err error) {
-	keys, err := r.listKeys(ctx, indexPrefix, "index")
+	objs, err := r.listIndex(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	good = map[string]*indexFile{}
-	bad, err = r.eachIndex(ctx, keys, nil, func(key string, f *indexFile) { good[key] = f })
+	bad, err = r.eachIndex(ctx, objs, nil, func(key string, f *indexFile) { good[key] = f })
 	if err != nil {
 		return nil, nil, err
 	}
