@@ -102,10 +102,10 @@ func BenchmarkSnapshot(b *testing.B) {
 	// MinIO keeps its objects in memory unless LIFEBOAT_BENCH_MINIO=disk
 	// (or not root): an object store is another machine, and on this
 	// machine's ext4 the temporary directory MinIO creates and deletes for
-	// every object made the next restores skip those inodes for minutes.
-	// After rclone's first upload (10,771 objects) every later run of the
-	// bench was slower, for every tool: restic 3.55 s, then 4.05 and
-	// 4.37 s.
+	// every object makes later new files skip those inodes for minutes.
+	// With MinIO on the disk, runs 2 and 3 (after rclone's upload of
+	// 10,771 objects) were slower for every tool: restic 3.55 s, then
+	// 4.05 and 4.37 s. (Some drift stayed without it: see report.)
 	inMemory := os.Getenv("LIFEBOAT_BENCH_MINIO") != "disk" && os.Geteuid() == 0
 	var m *testrig.MinIO
 	if inMemory {

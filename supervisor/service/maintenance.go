@@ -24,6 +24,12 @@ type MaintenanceRequest struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// drainsByMaintenance reports whether the service is draining through
+// maintenance mode: it has no check to fail (Drain). r.mu is held.
+func (r *Registration) drainsByMaintenance() bool {
+	return r.draining && r.checker == nil
+}
+
 // SetMaintenance puts the service into maintenance mode (Consul then
 // reports it critical, with reason, and routes no one to it) or takes it
 // out. The mode is kept across re-registrations. Before the first
@@ -38,7 +44,7 @@ func (r *Registration) SetMaintenance(ctx context.Context, enable bool, reason s
 		reason = ""
 	}
 	r.mu.Lock()
-	if !enable && r.draining && r.checker == nil {
+	if !enable && r.drainsByMaintenance() {
 		r.mu.Unlock()
 		return fmt.Errorf("service %s stays in maintenance mode: it is draining, lifeboat is shutting down", r.id)
 	}
@@ -64,7 +70,7 @@ func (r *Registration) SetMaintenance(ctx context.Context, enable bool, reason s
 		// A drain's maintenance is kept even so: it goes out with the
 		// next registration, and the instance must never turn passing
 		// again while lifeboat shuts down.
-		kept := enable && r.draining && r.checker == nil
+		kept := enable && r.drainsByMaintenance()
 		if !kept {
 			r.maint, r.maintReason = prev, prevReason
 		}

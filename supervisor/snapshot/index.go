@@ -59,7 +59,7 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 
 // loadIndex is LoadIndex; unlocked is as for eachIndex.
 func (r *Repository) loadIndex(ctx context.Context, unlocked func() error) error {
-	listed, err := r.listIndex(ctx)
+	listed, err := r.listObjects(ctx, indexPrefix, "index")
 	if err != nil {
 		return err
 	}
@@ -107,24 +107,26 @@ func (r *Repository) warnDamaged(bad map[string]error) {
 // listKeys lists the keys of the objects under prefix (what names them
 // in the error).
 func (r *Repository) listKeys(ctx context.Context, prefix, what string) ([]string, error) {
-	var keys []string
-	if err := r.store.List(ctx, prefix, func(o storage.ObjectInfo) error {
-		keys = append(keys, o.Key)
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("list %s: %w", what, err)
+	objs, err := r.listObjects(ctx, prefix, what)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]string, len(objs))
+	for i, o := range objs {
+		keys[i] = o.Key
 	}
 	return keys, nil
 }
 
-// listIndex lists the index objects, with their sizes.
-func (r *Repository) listIndex(ctx context.Context) ([]storage.ObjectInfo, error) {
+// listObjects lists the objects under prefix, with their sizes; what
+// names them in the error.
+func (r *Repository) listObjects(ctx context.Context, prefix, what string) ([]storage.ObjectInfo, error) {
 	var objs []storage.ObjectInfo
-	if err := r.store.List(ctx, indexPrefix, func(o storage.ObjectInfo) error {
+	if err := r.store.List(ctx, prefix, func(o storage.ObjectInfo) error {
 		objs = append(objs, o)
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("list index: %w", err)
+		return nil, fmt.Errorf("list %s: %w", what, err)
 	}
 	return objs, nil
 }

@@ -325,7 +325,7 @@ func (r *Repository) readIndexes(ctx context.Context) (map[string]*indexFile, er
 // list, to read: a network error, an unsupported version) is err: such an
 // object is not known to be damaged, so nobody may delete it as such.
 func (r *Repository) readIndexesTolerant(ctx context.Context) (good map[string]*indexFile, bad map[string]error, err error) {
-	objs, err := r.listIndex(ctx)
+	objs, err := r.listObjects(ctx, indexPrefix, "index")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -293,11 +293,19 @@ func finishMarkers(fl *flusher, target string, m *Manifest, finish bool) error {
 		return err
 	}
 	if finish {
-		if err := os.Remove(filepath.Join(target, RestoringMarker)); err != nil {
-			return err
-		}
+		return markComplete(fl.dir, target)
 	}
 	return fl.dir.Sync()
+}
+
+// markComplete removes RestoringMarker from target, open as dir, and
+// syncs the directory: from then on, the target counts as complete
+// after a crash.
+func markComplete(dir *os.File, target string) error {
+	if err := os.Remove(filepath.Join(target, RestoringMarker)); err != nil {
+		return err
+	}
+	return dir.Sync()
 }
 
 // flushEvery is how many bytes a restore writes between two of its
@@ -416,10 +424,7 @@ func (f *Finisher) Finish() error {
 	if err := unix.Syncfs(int(f.dir.Fd())); err != nil {
 		return fmt.Errorf("sync restored data: %w", err)
 	}
-	if err := os.Remove(filepath.Join(f.target, RestoringMarker)); err != nil {
-		return err
-	}
-	return f.dir.Sync()
+	return markComplete(f.dir, f.target)
 }
 
 // Close releases a Finisher without finishing (the hook failed: the
@@ -756,24 +761,18 @@ func (r *Repository) downloadPacks(ctx context.Context, byPack map[string]map[Ch
 	// memory and back, and faulted in fresh pages for every worker.
 	bufPool := sync.Pool{New: func() any { return new(blobBufs) }}
 	return parallel(ctx, r.conc, spans, func(ctx context.Context, sp span) error {
-		rc, err := r.store.GetRange(ctx, packKey(sp.pack), sp.off, sp.end-sp.off)
+		sr, err := r.openSpanReader(ctx, sp.pack, sp.off, sp.end, prog)
 		if err != nil {
-			return fmt.Errorf("download pack %s: %w", sp.pack, err)
+			return err
 		}
-		defer rc.Close()
+		defer sr.Close()
 		bufs := bufPool.Get().(*blobBufs)
 		defer bufPool.Put(bufs)
-		pos := sp.off
 		for _, f := range sp.blobs {
-			if f.ref.Offset < pos {
-				return fmt.Errorf("pack %s: %w: blobs at %d and before %d overlap", sp.pack, ErrCorrupt, f.ref.Offset, pos)
-			}
-			stored, err := readBlob(rc, &bufs.stored, f.ref.Offset-pos, f.ref.Length)
+			stored, err := sr.next(f.ref, &bufs.stored)
 			if err != nil {
-				return fmt.Errorf("pack %s: %w", sp.pack, err)
+				return err
 			}
-			prog.stored.Add(f.ref.Offset + int64(f.ref.Length) - pos) // with the bytes skipped
-			pos = f.ref.Offset + int64(f.ref.Length)
 			plain, err := r.openBlob(&bufs.plain, f.id, f.ref, stored)
 			if err != nil {
 				return err
@@ -802,49 +801,58 @@ func (r *Repository) downloadPacks(ctx context.Context, byPack map[string]map[Ch
 // decompressed.
 type blobBufs struct{ stored, plain []byte }
 
-// readBlob skips skip bytes of r, then reads n bytes into *buf, grown to
-// exactly n when too small.
-func readBlob(r io.Reader, buf *[]byte, skip int64, n int) ([]byte, error) {
-	if skip > 0 {
-		if k, err := io.CopyN(io.Discard, r, skip); err != nil {
-			return nil, shortRead(err, k, skip)
-		}
-	}
-	if cap(*buf) < n {
-		*buf = make([]byte, n)
-	}
-	b := (*buf)[:n]
-	if k, err := io.ReadFull(r, b); err != nil {
-		return nil, shortRead(err, int64(k), int64(n))
-	}
-	return b, nil
+// spanReader reads the blobs of one ranged GET of a pack in the order
+// they are stored, skipping the bytes between them.
+type spanReader struct {
+	io.ReadCloser
+	pack string
+	pos  int64 // the pack offset the body is at
+	prog *progress
 }
 
-// shortRead is the error of a read of want bytes that got n: an object
-// that ends early (a pack shorter than its index says) is corrupt.
-func shortRead(err error, n, want int64) error {
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: short read (%d of %d bytes)", ErrCorrupt, n, want)
-	}
-	return fmt.Errorf("download: %w", err)
-}
-
-// getRange downloads bytes [off, end) of a pack into *buf, grown to
-// exactly that length when too small.
-func (r *Repository) getRange(ctx context.Context, pack string, off, end int64, buf *[]byte, prog *progress) ([]byte, error) {
+// openSpanReader starts the GET of bytes [off, end) of pack.
+func (r *Repository) openSpanReader(ctx context.Context, pack string, off, end int64, prog *progress) (*spanReader, error) {
 	rc, err := r.store.GetRange(ctx, packKey(pack), off, end-off)
 	if err != nil {
 		return nil, fmt.Errorf("download pack %s: %w", pack, err)
 	}
-	defer rc.Close()
-	data, err := readBlob(rc, buf, 0, int(end-off))
-	if err != nil {
-		return nil, fmt.Errorf("pack %s: %w", pack, err)
+	return &spanReader{ReadCloser: rc, pack: pack, pos: off, prog: prog}, nil
+}
+
+// next reads the blob at ref into *buf, grown to exactly its length when
+// too small. Blobs that overlap (only a tampered index says so) are
+// corrupt; an object that ends early (a pack shorter than its index says)
+// is too.
+func (sr *spanReader) next(ref BlobRef, buf *[]byte) ([]byte, error) {
+	if ref.Offset < sr.pos {
+		return nil, fmt.Errorf("pack %s: %w: blobs at %d and before %d overlap", sr.pack, ErrCorrupt, ref.Offset, sr.pos)
 	}
-	if prog != nil {
-		prog.stored.Add(int64(len(data)))
+	if skip := ref.Offset - sr.pos; skip > 0 {
+		if k, err := io.CopyN(io.Discard, sr, skip); err != nil {
+			return nil, sr.shortRead(err, k, skip)
+		}
 	}
-	return data, nil
+	if cap(*buf) < ref.Length {
+		*buf = make([]byte, ref.Length)
+	}
+	b := (*buf)[:ref.Length]
+	if k, err := io.ReadFull(sr, b); err != nil {
+		return nil, sr.shortRead(err, int64(k), int64(ref.Length))
+	}
+	end := ref.Offset + int64(ref.Length)
+	if sr.prog != nil {
+		sr.prog.stored.Add(end - sr.pos) // with the bytes skipped
+	}
+	sr.pos = end
+	return b, nil
+}
+
+// shortRead is the error of a read of want bytes that got n.
+func (sr *spanReader) shortRead(err error, n, want int64) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return fmt.Errorf("pack %s: %w: short read (%d of %d bytes)", sr.pack, ErrCorrupt, n, want)
+	}
+	return fmt.Errorf("download pack %s: %w", sr.pack, err)
 }
 
 // openBlob decrypts, decompresses and verifies one stored blob. It decrypts
@@ -989,14 +997,18 @@ func (r *Repository) ReadChunks(ctx context.Context, ids []ChunkID, w io.Writer,
 // openSpan downloads a span and opens its chunks, in order, into one
 // buffer of their plain size.
 func (r *Repository) openSpan(ctx context.Context, sp streamSpan, prog *progress) ([]byte, error) {
-	var buf []byte
-	data, err := r.getRange(ctx, sp.pack, sp.off, sp.end, &buf, prog)
+	sr, err := r.openSpanReader(ctx, sp.pack, sp.off, sp.end, prog)
 	if err != nil {
 		return nil, err
 	}
+	defer sr.Close()
+	var sbuf []byte
 	out := make([]byte, 0, sp.raw)
 	for _, b := range sp.blobs {
-		stored := data[b.ref.Offset-sp.off : b.ref.Offset-sp.off+int64(b.ref.Length)]
+		stored, err := sr.next(b.ref, &sbuf)
+		if err != nil {
+			return nil, err
+		}
 		n := len(out)
 		dst := out[n : n : n+b.ref.Raw]
 		plain, err := r.openBlob(&dst, b.id, b.ref, stored)
