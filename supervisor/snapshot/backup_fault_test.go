@@ -49,10 +49,7 @@ func TestUploadFailureEndsBackup(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			base, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			base := fileStore(t)
 			// The default concurrency: several uploads fail at once.
 			r, err := Open(ctx, &failingStore{Store: base, n: 1}, Options{Create: true})
 			if err != nil {

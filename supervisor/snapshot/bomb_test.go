@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/lifeboat/lifeboat/supervisor/storage"
 )
 
 // TestTamperedBlobCannotInflate feeds the blob reader a zstd frame that
@@ -20,14 +19,7 @@ import (
 // tampered pack in an unencrypted repository looks like): it must be
 // refused as corrupt without allocating anywhere near the inflated size.
 func TestTamperedBlobCannotInflate(t *testing.T) {
-	s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := Open(context.Background(), s, Options{Create: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := openRepo(t, fileStore(t), nil)
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression))
 	bomb := enc.EncodeAll(make([]byte, 256<<20), nil)
 	t.Logf("bomb: %d bytes stored", len(bomb))
@@ -37,7 +29,7 @@ func TestTamperedBlobCannotInflate(t *testing.T) {
 		runtime.GC()
 		runtime.ReadMemStats(&before)
 		var buf []byte
-		_, err = r.openBlob(&buf, ChunkID{}, BlobRef{Pack: "p", Raw: raw, Length: len(bomb), Flags: blobFlagZstd}, bomb)
+		_, err := r.openBlob(&buf, ChunkID{}, BlobRef{Pack: "p", Raw: raw, Length: len(bomb), Flags: blobFlagZstd}, bomb)
 		runtime.ReadMemStats(&after)
 		if !errors.Is(err, ErrCorrupt) {
 			t.Errorf("raw %d: err = %v, want ErrCorrupt", raw, err)
@@ -59,14 +51,8 @@ func TestTamperedBlobCannotInflate(t *testing.T) {
 // with it. A restore of the stream it describes is an error, not a panic.
 func TestHostileIndexEntriesAreRefused(t *testing.T) {
 	ctx := context.Background()
-	s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := Open(ctx, s, Options{Create: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := fileStore(t)
+	r := openRepo(t, s, nil)
 	m, err := r.Backup(ctx, BackupRequest{Streams: []StreamSource{{Name: "db", Reader: bytes.NewReader(randBytes(3 << 20))}}})
 	if err != nil {
 		t.Fatal(err)
@@ -117,10 +103,7 @@ func TestHostileIndexEntriesAreRefused(t *testing.T) {
 // marker. The restore reads a span of a pack blob by blob, in order.
 func TestOverlappingBlobsAreRefused(t *testing.T) {
 	ctx := context.Background()
-	s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := fileStore(t)
 	r := openRepo(t, s, nil)
 	src := t.TempDir()
 	for _, name := range []string{"a", "b"} {
@@ -178,10 +161,7 @@ func onlyIndex(t *testing.T, r *Repository) (string, *indexFile) {
 // million arrays under a name the reader does not know is corrupt, not a
 // stack overflow that takes the process down.
 func TestDeeplyNestedObjectIsRefused(t *testing.T) {
-	s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := fileStore(t)
 	r := openRepo(t, s, nil)
 	const depth = 4 << 20
 	js := `{"version":1,"unknown":` + strings.Repeat("[", depth) + strings.Repeat("]", depth) + `}`

@@ -9,7 +9,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/lifeboat/lifeboat/supervisor/storage"
 	"golang.org/x/sys/unix"
 )
 
@@ -69,10 +68,7 @@ func backupOf(t *testing.T, n int) *Repository {
 	if err := os.WriteFile(filepath.Join(src, "data"), randBytes(n), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := fileStore(t)
 	r := openRepo(t, s, nil)
 	if _, err := r.Backup(context.Background(), BackupRequest{Dir: src}); err != nil {
 		t.Fatal(err)

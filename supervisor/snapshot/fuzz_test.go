@@ -19,8 +19,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/lifeboat/lifeboat/supervisor/storage"
 )
 
 // fuzzKey is the key of the encrypted fuzz repository; its salt is fixed so
@@ -42,10 +40,7 @@ func fuzzRepos(t testing.TB) (plain, enc *Repository) {
 			}
 			cfg.Encryption.KeyCheck = k.keyCheck()
 		}
-		s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := fileStore(t)
 		b, _ := json.Marshal(cfg)
 		s.Put(context.Background(), configKey, bytes.NewReader(b), int64(len(b)))
 		r, err := Open(context.Background(), s, Options{Key: key})

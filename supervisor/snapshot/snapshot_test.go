@@ -30,13 +30,7 @@ func backends(t *testing.T) map[string]func(t *testing.T) storage.Store {
 	m := testrig.StartMinIO(t)
 	n := 0
 	return map[string]func(t *testing.T) storage.Store{
-		"file": func(t *testing.T) storage.Store {
-			s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
+		"file": func(t *testing.T) storage.Store { return fileStore(t) },
 		"s3": func(t *testing.T) storage.Store {
 			n++
 			s, err := storage.Open(context.Background(), m.StoreURL(fmt.Sprintf("snap-%d", n), "repo"),
@@ -235,10 +229,7 @@ func TestXattrNameNotUTF8IsReported(t *testing.T) {
 	if err := unix.Setxattr(p, "user.ok", []byte("kept"), 0); err != nil {
 		t.Fatal(err)
 	}
-	s, err := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := fileStore(t)
 	r := openRepo(t, s, nil)
 	ctx := context.Background()
 	m, err := r.Backup(ctx, BackupRequest{Dir: src})
@@ -261,7 +252,7 @@ func TestXattrNameNotUTF8IsReported(t *testing.T) {
 
 func TestIncrementalSharesChunksAndSkipsUnchangedFiles(t *testing.T) {
 	ctx := context.Background()
-	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	s := fileStore(t)
 	r := openRepo(t, s, nil)
 	src := t.TempDir()
 	big := randBytes(8 << 20)
@@ -309,7 +300,7 @@ func TestIncrementalSharesChunksAndSkipsUnchangedFiles(t *testing.T) {
 
 func TestStreamRoundTripAndFailingCommand(t *testing.T) {
 	ctx := context.Background()
-	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	s := fileStore(t)
 	r := openRepo(t, s, nil)
 	data := append(bytes.Repeat([]byte("stream text "), 100000), randBytes(2<<20)...)
 	in := filepath.Join(t.TempDir(), "in")
@@ -418,7 +409,7 @@ func writeHostile(t *testing.T, r *Repository, entries []Entry) *Manifest {
 
 func TestHostileManifestsAreRefused(t *testing.T) {
 	ctx := context.Background()
-	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	s := fileStore(t)
 	r := openRepo(t, s, nil)
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "f"), []byte("payload"), 0o644)
@@ -579,7 +570,7 @@ func TestKnownChunksCutAsWithout(t *testing.T) {
 	}
 	for name, changed := range cases {
 		t.Run(name, func(t *testing.T) {
-			s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+			s := fileStore(t)
 			r := openRepo(t, s, []byte("key"))
 			src := t.TempDir()
 			f := filepath.Join(src, "f")
@@ -685,7 +676,7 @@ func TestKeyedHasherPool(t *testing.T) {
 // whoever took the backup (lifeboat run or the backup command).
 func TestLostFoundStaysWithTheVolume(t *testing.T) {
 	ctx := context.Background()
-	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	s := fileStore(t)
 	r := openRepo(t, s, nil)
 	src := t.TempDir()
 	os.MkdirAll(filepath.Join(src, "lost+found"), 0o700)
@@ -715,7 +706,7 @@ func TestBackupIndexIsSplit(t *testing.T) {
 	defer func(n int) { maxBlobsPerIndex = n }(maxBlobsPerIndex)
 	maxBlobsPerIndex = 20
 	ctx := context.Background()
-	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	s := fileStore(t)
 	r := smallRepo(t, s, nil) // 64 KiB chunks, 1 MiB packs
 	src := t.TempDir()
 	for i := range 10 {

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/lifeboat/lifeboat/supervisor/storage"
 )
 
 // TestHungStreamCommandsHonourCancel: a stream command that hangs (no
@@ -19,7 +17,7 @@ import (
 // must not hold a backup or restore past its context, and must be killed
 // with its whole process group.
 func TestHungStreamCommandsHonourCancel(t *testing.T) {
-	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	s := fileStore(t)
 	r := openRepo(t, s, nil)
 	pidFile := filepath.Join(t.TempDir(), "child.pid")
 
@@ -100,7 +98,7 @@ func containsState(stat []byte, c byte) bool {
 // input (a mysql or psql would apply the truncated dump and exit 0).
 func TestCorruptStreamNeverEndsCleanly(t *testing.T) {
 	ctx := context.Background()
-	s, _ := storage.OpenFile(filepath.Join(t.TempDir(), "store"))
+	s := fileStore(t)
 	r := openRepo(t, s, nil)
 	m, tree := backupCatStream(t, r, randBytes(6<<20)) // several chunks, incompressible
 	// Damage the stream's last chunk, so the earlier ones reach the command.
