@@ -144,23 +144,27 @@ func procsForWorkers(n int) (restore func()) {
 	}
 	procs.Lock()
 	defer procs.Unlock()
-	if procs.raised == 0 && runtime.GOMAXPROCS(0) < n {
+	procs.running++
+	if runtime.GOMAXPROCS(0) < n {
 		runtime.GOMAXPROCS(n)
+		procs.raised = true
 	}
-	procs.raised++
 	return func() {
 		procs.Lock()
 		defer procs.Unlock()
-		if procs.raised--; procs.raised == 0 {
-			runtime.SetDefaultGOMAXPROCS()
+		if procs.running--; procs.running == 0 && procs.raised {
+			procs.raised = false
+			runtime.SetDefaultGOMAXPROCS() // lifeboat sets it nowhere else
 		}
 	}
 }
 
-// procs counts the restores that run with raised GOMAXPROCS.
+// procs counts the restores running, and whether one of them raised
+// GOMAXPROCS.
 var procs struct {
 	sync.Mutex
-	raised int
+	running int
+	raised  bool
 }
 
 // checkTree refuses a tree that could write outside the target
