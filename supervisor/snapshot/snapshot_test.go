@@ -773,6 +773,13 @@ func (w *procsWriter) Write(p []byte) (int, error) {
 // the environment is left alone. (Not parallel: GOMAXPROCS is the
 // process's.)
 func TestRestoreGivesEachWorkerAProc(t *testing.T) {
+	// Start from the runtime's default, without GOMAXPROCS in the
+	// environment; both are put back when the test ends.
+	t.Setenv("GOMAXPROCS", "")
+	os.Unsetenv("GOMAXPROCS")
+	orig := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(orig) })
+	runtime.SetDefaultGOMAXPROCS()
 	ctx := context.Background()
 	before := runtime.GOMAXPROCS(0)
 	workers := 2*before + 1
@@ -806,6 +813,16 @@ func TestRestoreGivesEachWorkerAProc(t *testing.T) {
 	}
 	if now := runtime.GOMAXPROCS(0); now != before {
 		t.Fatalf("GOMAXPROCS after the restores: %d, want %d again", now, before)
+	}
+
+	// Empty is unset, as the runtime reads it.
+	t.Setenv("GOMAXPROCS", "")
+	e := &procsWriter{}
+	if err := restore(e); err != nil {
+		t.Fatal(err)
+	}
+	if e.procs != workers {
+		t.Fatalf("GOMAXPROCS empty in the environment: %d during the restore, want %d", e.procs, workers)
 	}
 
 	t.Setenv("GOMAXPROCS", strconv.Itoa(before))
