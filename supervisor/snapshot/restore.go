@@ -140,7 +140,7 @@ func (r *Repository) Restore(ctx context.Context, req RestoreRequest) (*RestoreR
 // idled 0.64 of its 3.4 core-seconds with 2 Ps and 0.43 with 8, and took
 // 5% less time. GOMAXPROCS from the environment is left alone.
 func procsForWorkers(n int) (restore func()) {
-	if n, err := strconv.Atoi(os.Getenv("GOMAXPROCS")); err == nil && n > 0 {
+	if set, err := strconv.Atoi(os.Getenv("GOMAXPROCS")); err == nil && set > 0 {
 		return func() {} // as the runtime reads it
 	}
 	procs.Lock()
