@@ -130,7 +130,10 @@ func BenchmarkSnapshot(b *testing.B) {
 	// binaries built (whose temporary files, deleted, ext4 without a
 	// journal pays for in new inodes for minutes) and before this VM's
 	// memory had been touched.
-	first := 1 - min(1, envInt("LIFEBOAT_BENCH_WARMUP", 1))
+	first := 0
+	if os.Getenv("LIFEBOAT_BENCH_WARMUP") == "0" { // envInt takes only positive numbers
+		first = 1
+	}
 	b.ResetTimer()
 	for run := first; run <= runs; run++ {
 		// Each run starts with the next tool, so whatever the first slot
